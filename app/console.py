@@ -1,0 +1,48 @@
+"""The ``alexnet`` console script: dispatches each subcommand to its package's ``cli``.
+
+Each package owns its commands; nothing is imported until a command needs it, so
+``alexnet info`` never loads FastAPI and ``alexnet serve`` never loads training.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+__all__ = ["COMMANDS", "main"]
+
+# subcommand -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("model.cli", "print a weights file's metadata"),
+    "classify": ("model.cli", "classify image files with a weights file"),
+    "import-torchvision": ("model.cli", "convert torchvision's alexnet-owt-*.pth to a weights file"),
+    "train": ("training.cli", "train a model with a named recipe"),
+    "export": ("training.cli", "write the serving weights file from a checkpoint"),
+    "evaluate": ("training.cli", "top-1/top-5 error of a weights file, single and 10-crop"),
+    "index": ("index.cli", "build, add to, search and inspect a similarity index"),
+    "serve": ("app.cli", "start the HTTP service"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: alexnet COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<20} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "alexnet COMMAND --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"alexnet: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

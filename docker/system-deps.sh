@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Debian packages the project uses at test time or to get its default data set.
+#   system-deps.sh test   chromium (web page test) and docker-compose (compose file check)
+#   system-deps.sh data   dataset-fashion-mnist (the default model's data)
+# Installs only as root with apt-get; otherwise prints the command to run and carries on.
+set -u
+case "${1:-test}" in
+  test) want=(chromium docker-compose); need_cmd=(/usr/bin/chromium /usr/bin/docker-compose) ;;
+  data) want=(dataset-fashion-mnist); need_cmd=(/usr/share/datasets/fashion-mnist) ;;
+  *) echo "usage: $0 test|data" >&2; exit 2 ;;
+esac
+missing=()
+for i in "${!want[@]}"; do
+  [ -e "${need_cmd[$i]}" ] || missing+=("${want[$i]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian packages: ${missing[*]}"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null 2>&1 \
+    || echo "warning: apt-get install ${missing[*]} failed; tests that need them are skipped" >&2
+else
+  echo "note: missing ${missing[*]}; install with: sudo apt-get install ${missing[*]}" >&2
+fi
+exit 0

@@ -1,0 +1,124 @@
+"""``Predictor``: one weights file loaded once, batch classification and fc7 embedding."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from model.preprocess import eval_transform, ten_crop_transform
+from model.weights import WeightsMeta, load_weights
+
+__all__ = ["Prediction", "Predictor", "l2_normalise"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+
+def l2_normalise(v: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length; an all-zero row stays all zero (never NaN)."""
+    v = np.asarray(v, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.divide(v, np.maximum(norms, eps), dtype=np.float32)
+
+
+class Predictor:
+    """Loads a weights file once; ``classify`` and ``embed`` take lists of PIL images.
+
+    Thread-safe: calls from several threads are serialised around the forward
+    pass (the network uses all the torch threads it is given; running two passes
+    at once would only oversubscribe the cores). Batch several images into one
+    call (the service's batcher does) to go faster.
+    """
+
+    def __init__(self, weights: str | os.PathLike[str], device: str = "cpu", max_batch: int = 64) -> None:
+        self.path = str(weights)
+        self.device = device
+        self.max_batch = max_batch
+        self.model, self.meta = load_weights(weights, device=device)
+        self._input_device = torch.device(device.split(",")[0].strip())
+        self._transform = eval_transform(self.meta.preset)
+        self._ten_crop = ten_crop_transform(self.meta.preset)
+        self._lock = threading.Lock()
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.meta.class_names
+
+    @property
+    def weights_hash(self) -> str:
+        return self.meta.content_hash
+
+    # -- tensors in, tensors out ---------------------------------------------------
+
+    def preprocess(self, images: Sequence[Image.Image], ten_crop: bool = False) -> Tensor:
+        """(N, 3, S, S), or (N, 10, 3, S, S) with ``ten_crop``."""
+        t = self._ten_crop if ten_crop else self._transform
+        return torch.stack([t(im) for im in images])
+
+    @torch.inference_mode()
+    def forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits (N, classes) and fc7 (N, 4096) for a preprocessed batch, in chunks of ``max_batch``."""
+        logits, fc7 = [], []
+        with self._lock:
+            for chunk in batch.split(self.max_batch):
+                lo, f7 = self.model.forward_with_fc7(chunk.to(self._input_device))  # type: ignore[operator]
+                logits.append(lo.float().cpu())
+                fc7.append(f7.float().cpu())
+        return torch.cat(logits), torch.cat(fc7)
+
+    def probabilities(self, batch: Tensor) -> Tensor:
+        """Softmax over classes; for a (N, 10, ...) batch the ten crops' softmax is averaged."""
+        if batch.dim() == 5:
+            n = batch.shape[0]
+            logits, _ = self.forward(batch.flatten(0, 1))
+            return logits.softmax(dim=1).view(n, 10, -1).mean(dim=1)
+        logits, _ = self.forward(batch)
+        return logits.softmax(dim=1)
+
+    def top_k(self, probs: Tensor, k: int = 5) -> list[list[Prediction]]:
+        if not 1 <= k <= self.meta.num_classes:
+            raise ValueError(f"k must be between 1 and {self.meta.num_classes}, got {k}")
+        values, indices = probs.topk(k, dim=1)
+        return [
+            [Prediction(int(i), self.class_names[int(i)], float(p)) for p, i in zip(vs, ix, strict=True)]
+            for vs, ix in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+
+    # -- images in -----------------------------------------------------------------
+
+    def classify(self, images: Sequence[Image.Image], k: int = 5, ten_crop: bool = False) -> list[list[Prediction]]:
+        """For each image its top-k classes, most probable first."""
+        if not images:
+            return []
+        return self.top_k(self.probabilities(self.preprocess(images, ten_crop=ten_crop)), k)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """L2-normalised fc7 vectors, (N, 4096) float32; an all-zero fc7 stays zero, never NaN."""
+        if not images:
+            return np.zeros((0, 4096), dtype=np.float32)
+        _, fc7 = self.forward(self.preprocess(images))
+        return l2_normalise(fc7.numpy())
+
+
+def describe(meta: WeightsMeta) -> dict[str, object]:
+    """A JSON-friendly summary of a weights file's metadata."""
+    return {
+        "architecture": meta.architecture,
+        "num_classes": meta.num_classes,
+        "class_names": list(meta.class_names),
+        "preset": meta.preset.to_dict(),
+        "recipe": meta.recipe,
+        "metrics": meta.metrics,
+        "content_hash": meta.content_hash,
+    }

@@ -1,0 +1,109 @@
+"""Preprocessing, defined once and carried with the weights.
+
+Training, evaluation, indexing and serving all build their transforms here from
+the ``Preset`` stored in the weights file, so the sizes and mean/std can never
+drift between them.
+
+References: Krizhevsky et al. 2012, section 2 (rescale the shorter side to 256,
+crop the central 256x256 patch; 224x224 inputs) and section 4.1 (test time:
+ten 224x224 patches, four corners and centre, and their horizontal reflections).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import v2
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preset", "eval_transform", "ten_crop_transform", "to_rgb"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Input geometry and normalisation of one weights file."""
+
+    crop_size: int = 224  # the paper's input
+    resize_size: int = 256  # shorter side before the crop; 256/224 as in the paper
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # PCA lighting statistics of the training set (section 4.1): eigenvalues (3,)
+    # and eigenvectors as columns (3, 3), over RGB in [0, 1]. Empty when unknown.
+    pca_eigval: tuple[float, ...] = field(default=())
+    pca_eigvec: tuple[tuple[float, ...], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.crop_size <= 4096 or self.resize_size < self.crop_size:
+            raise ValueError(f"bad preset: crop {self.crop_size}, resize {self.resize_size} (need 1 <= crop <= resize)")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"bad preset: mean {self.mean} and std {self.std} must be three values, std > 0")
+
+    @classmethod
+    def for_crop(cls, crop_size: int, **kwargs: Any) -> Preset:
+        """A preset that keeps the paper's 256:224 ratio between resize and crop."""
+        return cls(crop_size=crop_size, resize_size=round(crop_size * 256 / 224), **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preset:
+        return cls(
+            crop_size=int(d["crop_size"]),
+            resize_size=int(d["resize_size"]),
+            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            pca_eigval=tuple(float(v) for v in d.get("pca_eigval", ())),
+            pca_eigvec=tuple(tuple(float(v) for v in row) for row in d.get("pca_eigvec", ())),
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB; alpha is composited on white, 16-bit is scaled down."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit / 32-bit integer grey: scale the full range to 0..255
+        arr = np.asarray(image, dtype=np.float64)
+        hi = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        grey = np.rint(np.clip(arr, 0, hi) * (255.0 / hi)).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _normalise(preset: Preset) -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(preset.mean), list(preset.std))]
+
+
+def eval_transform(preset: Preset) -> v2.Compose:
+    """PIL image -> (3, crop, crop) float tensor: resize shorter side, centre crop, normalise."""
+    return v2.Compose(
+        [v2.Lambda(to_rgb), v2.Resize(preset.resize_size, antialias=True), v2.CenterCrop(preset.crop_size), *_normalise(preset)]
+    )
+
+
+def ten_crop_transform(preset: Preset) -> Callable[[Image.Image], Tensor]:
+    """PIL image -> (10, 3, crop, crop): four corners and centre, then their mirrors (section 4.1)."""
+    resize = v2.Compose([v2.Lambda(to_rgb), v2.Resize(preset.resize_size, antialias=True)])
+    crop = v2.TenCrop(preset.crop_size)
+    norm = v2.Compose(_normalise(preset))
+
+    def transform(image: Image.Image) -> Tensor:
+        # (v2 transforms map over tuples leaf by leaf, so the stacking stays outside a Compose)
+        return torch.stack([norm(c) for c in crop(resize(image))])
+
+    return transform

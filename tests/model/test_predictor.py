@@ -1,0 +1,109 @@
+"""Predictor and preprocessing on real PIL images."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.predictor import Predictor, l2_normalise
+from model.preprocess import Preset, eval_transform, ten_crop_transform, to_rgb
+
+
+@pytest.fixture(scope="module")
+def predictor(small_weights: Path) -> Predictor:
+    return Predictor(small_weights)
+
+
+def _image(seed: int, size: tuple[int, int] = (90, 70)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_eval_transform_resizes_shorter_side_then_centre_crops() -> None:
+    preset = Preset(crop_size=224, resize_size=256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    im = Image.new("RGB", (512, 300), (255, 0, 0))
+    t = eval_transform(preset)(im)
+    assert t.shape == (3, 224, 224)
+    torch.testing.assert_close(t[0], torch.ones(224, 224))
+
+
+def test_ten_crop_is_corners_centre_and_mirrors() -> None:
+    preset = Preset(crop_size=4, resize_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    arr = np.arange(64, dtype=np.uint8).reshape(8, 8).repeat(3).reshape(8, 8, 3)
+    crops = ten_crop_transform(preset)(Image.fromarray(arr))
+    assert crops.shape == (10, 3, 4, 4)
+    top_left = torch.from_numpy(arr[:4, :4, 0].astype(np.float32) / 255)
+    torch.testing.assert_close(crops[0, 0], top_left)
+    top_right = torch.from_numpy(arr[:4, 4:, 0].astype(np.float32) / 255)
+    # crops 5..9 are the same five patches of the mirrored image: the mirror's top-left is top-right
+    torch.testing.assert_close(crops[5, 0], top_right.flip(-1))
+
+
+def test_modes_become_rgb() -> None:
+    assert to_rgb(Image.new("L", (4, 4), 7)).getpixel((0, 0)) == (7, 7, 7)
+    assert to_rgb(Image.new("RGBA", (4, 4), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+    sixteen = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert to_rgb(sixteen).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("1", (4, 4), 1)).mode == "RGB"
+    assert to_rgb(Image.new("CMYK", (4, 4), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_classify_gives_top_k_sorted_probabilities(predictor: Predictor) -> None:
+    preds = predictor.classify([_image(1), _image(2)], k=3)
+    assert len(preds) == 2 and all(len(p) == 3 for p in preds)
+    for p in preds:
+        probs = [x.probability for x in p]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+        assert {x.label for x in p} <= set(predictor.class_names)
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        predictor.classify([_image(1)], k=5)
+
+
+def test_ten_crop_softmax_is_a_distribution(predictor: Predictor) -> None:
+    preds = predictor.classify([_image(3)], k=4, ten_crop=True)[0]
+    assert sum(p.probability for p in preds) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_batch_and_single_give_the_same_answers(predictor: Predictor) -> None:
+    images = [_image(i) for i in range(5)]
+    batch = predictor.classify(images, k=4)
+    for im, expected in zip(images, batch, strict=True):
+        got = predictor.classify([im], k=4)[0]
+        assert [p.index for p in got] == [p.index for p in expected]
+        assert [p.probability for p in got] == pytest.approx([p.probability for p in expected], abs=1e-5)
+
+
+def test_embed_is_unit_length(predictor: Predictor) -> None:
+    e = predictor.embed([_image(4), _image(5)])
+    assert e.shape == (2, 4096) and e.dtype == np.float32
+    assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+
+
+def test_zero_vector_stays_zero_never_nan() -> None:
+    v = l2_normalise(np.zeros((2, 8), dtype=np.float32))
+    assert not np.isnan(v).any() and not v.any()
+
+
+def test_concurrent_callers_get_consistent_results(predictor: Predictor) -> None:
+    images = [_image(i) for i in range(4)]
+    expected = predictor.embed(images)
+    results: list[np.ndarray] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            results.append(predictor.embed(images))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4
+    for r in results:
+        np.testing.assert_allclose(r, expected, atol=1e-5)
