@@ -1,0 +1,34 @@
+"""Run every benchmark, print the tables and write bench/results.json.
+
+python -m bench            (or: make bench)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+BENCHES = ["bench.model_bench"]
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    results: dict[str, object] = {}
+    for name in BENCHES:
+        if only and not any(o in name for o in only):
+            continue
+        start = time.perf_counter()
+        print(f"\n=== {name} ===")
+        results[name] = importlib.import_module(name).main()
+        print(f"({time.perf_counter() - start:.0f} s)")
+    out = Path(__file__).with_name("results.json")
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
