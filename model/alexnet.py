@@ -17,16 +17,29 @@ paper; on two devices those are the only cross-device copies.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.layers import ConvBlock, relu_dropout
 
-__all__ = ["AlexNet", "AlexNetConfig", "alexnet"]
+__all__ = ["MIN_INPUT", "AlexNet", "AlexNetConfig", "alexnet"]
+
+# The smallest input for which every pooling layer still has a 3x3 window (pool5 sees 3x3).
+MIN_INPUT = 63
+
+
+@functools.lru_cache(maxsize=32)
+def _pool_matrix(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Adaptive average pooling (h, w) -> (6, 6) as a (36, h*w) matrix."""
+    basis = torch.eye(h * w, dtype=torch.float64).view(h * w, 1, h, w)
+    pooled = F.adaptive_avg_pool2d(basis, (6, 6)).view(h * w, 36)  # row s: where input s goes
+    return pooled.t().contiguous().to(device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,7 @@ class Tower(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.fc6.weight.device
+        return self.conv1.conv.weight.device  # (fc weights may be quantised packed params)
 
 
 class AlexNet(nn.Module):
@@ -118,6 +131,8 @@ class AlexNet(nn.Module):
 
     def _fc7(self, x: Tensor) -> Tensor:
         """fc7 activations after ReLU and dropout: (B, 4096), on tower 0's device."""
+        if x.dim() != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < MIN_INPUT:
+            raise ValueError(f"expected images of shape (B, 3, H, W) with H, W >= {MIN_INPUT}, got {tuple(x.shape)}")
         t0, t1 = self.tower_pair
         d0, d1 = self.devices
         h = [t0.conv1(x.to(d0)), t1.conv1(x.to(d1))]  # 2 x (B, 48, 27, 27)
@@ -126,17 +141,33 @@ class AlexNet(nn.Module):
         h = [t0.conv3(torch.cat([h[0], h[1].to(d0)], 1)), t1.conv3(torch.cat([h[0].to(d1), h[1]], 1))]
         h = [t0.conv4(h[0]), t1.conv4(h[1])]  # own tower only  2 x (B, 192, 13, 13)
         h = [t0.conv5(h[0]), t1.conv5(h[1])]  # own tower only  2 x (B, 128, 6, 6)
-        h = [torch.flatten(self.pool(v), 1) for v in h]  # 2 x (B, 4608)
         p, drop = self.config.dropout, self.training
         # exchange 2: fc6 sees both towers
-        x0 = torch.cat([h[0], h[1].to(d0)], 1)  # (B, 9216)
+        x0 = torch.cat([h[0], h[1].to(d0)], 1)  # (B, 256, 6, 6)
         x1 = x0.to(d1)
-        h = [relu_dropout(t0.fc6(x0), p, drop), relu_dropout(t1.fc6(x1), p, drop)]  # 2 x (B, 2048)
+        h = [relu_dropout(self._fc6(t0, x0), p, drop), relu_dropout(self._fc6(t1, x1), p, drop)]  # 2 x (B, 2048)
         # exchange 3: fc7 sees both towers
         x0 = torch.cat([h[0], h[1].to(d0)], 1)  # (B, 4096)
         x1 = x0.to(d1)
         h = [relu_dropout(t0.fc7(x0), p, drop), relu_dropout(t1.fc7(x1), p, drop)]
         return torch.cat([h[0], h[1].to(d0)], 1)  # (B, 4096)
+
+    def _fc6(self, tower: Tower, x: Tensor) -> Tensor:
+        """fc6 of the adaptively pooled (B, 256, 6, 6) map, for any pool5 size (h, w).
+
+        At 224 px the map is 6x6 and the pool is skipped. When h*w < 36 (small inputs,
+        e.g. 1x1 at 64 px) the pool only repeats values, so it is folded into the
+        weights instead: fc6(P x) = (W P) x with P the pool's (36, h*w) matrix. The same
+        function and the same gradients, with fc6's cost cut by 36 / (h*w).
+        """
+        hw = x.shape[-2] * x.shape[-1]
+        if x.shape[-2:] == (6, 6):
+            return tower.fc6(torch.flatten(x, 1))  # (B, 9216)
+        if hw >= 36 or type(tower.fc6) is not nn.Linear:  # (a quantised fc6 has no float weight to fold)
+            return tower.fc6(torch.flatten(self.pool(x), 1))
+        pool = _pool_matrix(x.shape[-2], x.shape[-1], x.device, x.dtype)  # (36, hw)
+        w = (tower.fc6.weight.view(-1, x.shape[1], 36) @ pool).flatten(1)  # (2048, 256 * hw)
+        return F.linear(torch.flatten(x, 1), w, tower.fc6.bias)
 
     def _fc8(self, fc7: Tensor) -> Tensor:
         # exchange 4: each tower's half of fc8 is summed on tower 0's device

@@ -13,7 +13,8 @@ from PIL import Image
 from torch import Tensor
 
 from model.preprocess import eval_transform, ten_crop_transform
-from model.weights import WeightsMeta, load_weights
+from model.quantize import PRECISIONS, quantize_fc
+from model.weights import Network, WeightsMeta, load_weights
 
 __all__ = ["Prediction", "Predictor", "l2_normalise"]
 
@@ -41,11 +42,29 @@ class Predictor:
     call (the service's batcher does) to go faster.
     """
 
-    def __init__(self, weights: str | os.PathLike[str], device: str = "cpu", max_batch: int = 64) -> None:
-        self.path = str(weights)
-        self.device = device
-        self.max_batch = max_batch
-        self.model, self.meta = load_weights(weights, device=device)
+    def __init__(self, weights: str | os.PathLike[str], device: str = "cpu", max_batch: int = 64, precision: str = "fp32") -> None:
+        model, meta = load_weights(weights, device=device)
+        if precision == "int8":
+            if device != "cpu":
+                raise ValueError("int8 precision runs on the CPU only (device must be 'cpu')")
+            model = quantize_fc(model)
+        elif precision != "fp32":
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        self._setup(model, meta, device, max_batch, str(weights))
+
+    @classmethod
+    def from_model(cls, model: Network, meta: WeightsMeta, device: str = "cpu", max_batch: int = 64) -> Predictor:
+        """A Predictor over a network already in memory (e.g. to evaluate before export)."""
+        self = cls.__new__(cls)
+        self.precision = "fp32"
+        self._setup(model.eval(), meta, device, max_batch, "<memory>")
+        return self
+
+    def _setup(self, model: Network, meta: WeightsMeta, device: str, max_batch: int, path: str) -> None:
+        self.path, self.device, self.max_batch = path, device, max_batch
+        # channels_last: oneDNN (CPU) and cuDNN run these convolutions faster in NHWC
+        self.model, self.meta = model.to(memory_format=torch.channels_last), meta
         self._input_device = torch.device(device.split(",")[0].strip())
         self._transform = eval_transform(self.meta.preset)
         self._ten_crop = ten_crop_transform(self.meta.preset)
@@ -72,7 +91,8 @@ class Predictor:
         logits, fc7 = [], []
         with self._lock:
             for chunk in batch.split(self.max_batch):
-                lo, f7 = self.model.forward_with_fc7(chunk.to(self._input_device))  # type: ignore[operator]
+                x = chunk.to(self._input_device).contiguous(memory_format=torch.channels_last)
+                lo, f7 = self.model.forward_with_fc7(x)  # type: ignore[operator]
                 logits.append(lo.float().cpu())
                 fc7.append(f7.float().cpu())
         return torch.cat(logits), torch.cat(fc7)

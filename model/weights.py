@@ -136,6 +136,7 @@ def save_weights(model: nn.Module, meta: WeightsMeta, path: str | os.PathLike[st
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta.to_metadata())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a weights file is meant to be shared
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

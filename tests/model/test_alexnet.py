@@ -149,3 +149,26 @@ def test_dropout_is_active_in_training_only() -> None:
 def test_rejects_zero_classes() -> None:
     with pytest.raises(ValueError, match="num_classes"):
         alexnet(num_classes=0)
+
+
+@pytest.mark.parametrize("size", [64, 100, 160])
+def test_folded_pool_equals_pool_then_fc6(size: int) -> None:
+    """Below 6x6 the adaptive pool is folded into fc6's weights; the function must not change."""
+    torch.manual_seed(0)
+    net = alexnet(num_classes=3).eval()
+    t0 = net.tower_pair[0]
+    x = torch.randn(2, 256, *{64: (1, 1), 100: (2, 2), 160: (4, 4)}[size]).relu()
+    with torch.no_grad():
+        direct = t0.fc6(torch.flatten(net.pool(x), 1))
+        torch.testing.assert_close(net._fc6(t0, x), direct, rtol=1e-4, atol=1e-5)
+    xg = x.clone().requires_grad_()
+    net._fc6(t0, xg).sum().backward()
+    g_fold = t0.fc6.weight.grad.clone()
+    t0.fc6.weight.grad = None
+    t0.fc6(torch.flatten(net.pool(x), 1)).sum().backward()
+    torch.testing.assert_close(g_fold, t0.fc6.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_too_small_input_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="H, W >= 63"):
+        alexnet(num_classes=2)(torch.randn(1, 3, 32, 32))

@@ -107,3 +107,15 @@ def test_concurrent_callers_get_consistent_results(predictor: Predictor) -> None
     assert not errors and len(results) == 4
     for r in results:
         np.testing.assert_allclose(r, expected, atol=1e-5)
+
+
+def test_int8_fc_layers_stay_close_to_fp32(small_weights: Path) -> None:
+    fp32, int8 = Predictor(small_weights), Predictor(small_weights, precision="int8")
+    images = [_image(i) for i in range(8)]
+    p32 = fp32.probabilities(fp32.preprocess(images))
+    p8 = int8.probabilities(int8.preprocess(images))
+    assert float((p32 - p8).abs().max()) < 0.05
+    e32, e8 = fp32.embed(images), int8.embed(images)
+    assert float(np.min(np.sum(e32 * e8, axis=1))) > 0.98  # cosine of the fc7 vectors
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Predictor(small_weights, precision="fp8")
