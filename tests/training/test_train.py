@@ -1,0 +1,91 @@
+"""End-to-end training on generated data, exact resume, two-device placement, export."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from model.predictor import Predictor
+from model.weights import load_weights
+from training.checkpoint import load_checkpoint
+from training.recipes import recipe
+from training.train import Trainer, train
+
+
+def tiny(tmp_path: Path, **kw: object):
+    return recipe("tiny", out=str(tmp_path), **kw)
+
+
+@pytest.mark.slow
+def test_tiny_run_produces_weights_that_beat_chance(tmp_path: Path) -> None:
+    cfg = tiny(tmp_path, epochs=6)
+    trainer = train(cfg, progress=False)
+    weights = tmp_path / "model.safetensors"
+    predictor = Predictor(weights)
+    src = trainer.train_src
+    n = 64
+    images = [src.pil_image(i) for i in range(n)]
+    preds = predictor.classify(images, k=1)
+    acc = sum(p[0].index == src.label(i) for i, p in enumerate(preds)) / n
+    assert acc > 0.5, f"accuracy {acc} on its own training images (chance is 0.25)"
+    meta = predictor.meta
+    assert meta.recipe["name"] == "tiny" and meta.metrics["top1"] > 25.0
+    assert len(meta.preset.pca_eigval) == 3 and meta.preset.crop_size == 64
+    for name in ("metrics.csv", "metrics.jsonl", "curves.png", "config.json", "checkpoint.pt"):
+        assert (tmp_path / name).is_file(), name
+    assert Image.open(tmp_path / "curves.png").size[0] > 500
+
+
+def test_resume_gives_the_same_parameters(tmp_path: Path) -> None:
+    train(tiny(tmp_path / "full"), export=False, progress=False)  # 2 epochs of 8 steps
+    part = tiny(tmp_path / "part")
+    first = Trainer(part, progress=False)
+    first.stop_at_step = 5  # as if Ctrl-C came in the middle of the first epoch
+    first.fit()
+    assert first.step == 5 and (tmp_path / "part" / "checkpoint.pt").is_file()
+    second = train(part, resume=True, export=False, progress=False)
+    assert second.step == 16
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
+    assert [r["val_top1_err"] for r in a["history"]] == [r["val_top1_err"] for r in b["history"]]
+
+
+@pytest.mark.parametrize(
+    ("one_device", "two_devices"),
+    [
+        ("cpu", "cpu,cpu"),
+        pytest.param("cuda:0", "cuda:0,cuda:1", marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")),
+    ],
+)
+def test_two_device_training_steps_equal_one_device(tmp_path: Path, one_device: str, two_devices: str) -> None:
+    one = Trainer(tiny(tmp_path / "one", max_steps=3, devices=one_device, amp=False), progress=False)
+    two = Trainer(tiny(tmp_path / "two", max_steps=3, devices=two_devices, amp=False), progress=False)
+    assert two.model.devices == tuple(torch.device(d) for d in two_devices.split(","))
+    two.model.load_state_dict(one.model.state_dict())
+    for t in (one, two):
+        torch.manual_seed(1)  # the same dropout masks in both runs
+        t.fit()
+    for (k, a), (_, b) in zip(one.model.state_dict().items(), two.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_unknown_recipe_and_missing_resume_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe("imagenet-fast")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny(tmp_path), resume=True, progress=False)
+
+
+def test_export_cli_writes_loadable_weights(tmp_path: Path) -> None:
+    from training.cli import main
+
+    train(tiny(tmp_path, max_steps=2), export=False, progress=False)
+    out = tmp_path / "exported.safetensors"
+    assert main(["export", str(tmp_path / "checkpoint.pt"), str(out)]) == 0
+    _model, meta = load_weights(out)
+    assert meta.class_names == ("red", "green", "blue", "white") and "top1" in meta.metrics
+    assert main(["evaluate", str(out), "--data", "generated:64", "--confusion", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").is_file()

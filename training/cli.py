@@ -1,0 +1,143 @@
+"""Commands of the training package: ``alexnet train``, ``alexnet export``, ``alexnet evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.recipes import recipe
+    from training.train import train
+
+    cfg = recipe(
+        args.recipe,
+        data=args.data,
+        data_dir=args.data_dir,
+        out=args.out,
+        epochs=args.epochs,
+        minutes=args.minutes,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        devices=args.devices,
+        crop_size=args.crop_size,
+        resize_size=args.resize_size,
+        seed=args.seed,
+        max_train_images=args.max_train_images,
+        max_steps=args.max_steps,
+        workers=args.workers,
+        eval_ten_crop=args.ten_crop or None,
+    )
+    if args.no_minutes:
+        from dataclasses import replace
+
+        cfg = replace(cfg, minutes=None)
+    trainer = train(cfg, resume=args.resume, export=not args.no_export)
+    if trainer.is_main and not args.no_export and not trainer._interrupted:
+        print(f"weights: {Path(cfg.out) / 'model.safetensors'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.checkpoint import load_checkpoint
+    from training.data import open_source
+    from training.export import export_checkpoint
+    from training.recipes import TrainConfig
+
+    source = None
+    if not args.no_eval:
+        cfg = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
+        from model.preprocess import Preset
+
+        source = open_source(
+            cfg.data, split="val", data_dir=cfg.data_dir, size=cfg.resize_size or Preset.for_crop(cfg.crop_size).resize_size
+        )
+    meta = export_checkpoint(args.checkpoint, args.out, evaluate_on=source, ten_crop=args.ten_crop)
+    print(f"wrote {args.out}: {meta.num_classes} classes, hash {meta.short_hash}, metrics {json.dumps(meta.metrics)}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model.predictor import Predictor
+    from training.data import open_source
+    from training.evaluate import confusion_png, evaluate_predictor
+
+    predictor = Predictor(args.weights, device=args.device)
+    source = open_source(
+        args.data, split=args.split, data_dir=args.data_dir, size=predictor.meta.preset.resize_size, class_names=predictor.class_names
+    )
+    results = [evaluate_predictor(predictor, source, limit=args.limit)]
+    if args.ten_crop:
+        results.append(evaluate_predictor(predictor, source, ten_crop=True, limit=args.limit))
+    for r in results:
+        print(f"{r['crop']:>8}: top-1 error {100 * r['top1_err']:.2f}%  top-5 error {100 * r['top5_err']:.2f}%  ({r['images']} images)")
+    if args.confusion:
+        confusion_png(results[0]["confusion"], predictor.class_names, args.confusion, title=f"{args.weights.name} on {args.data}")
+        print(f"confusion matrix: {args.confusion}")
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "confusion"} for r in results], indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.recipes import RECIPES
+
+    parser = argparse.ArgumentParser(prog="alexnet")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train with a named recipe", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--recipe", default="fashion-mnist", choices=sorted(RECIPES))
+    p.add_argument("--data", help="fashion-mnist, generated[:N], or an image folder (DIR/train and DIR/val, or DIR/<class>/...)")
+    p.add_argument("--data-dir", help="directory holding Fashion-MNIST's four IDX files")
+    p.add_argument("--out", help="output directory (checkpoint, metrics, curves.png, model.safetensors)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--minutes", type=float, help="training time budget; the schedule is compressed to fit")
+    p.add_argument("--no-minutes", action="store_true", help="drop the recipe's time budget")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--resize-size", type=int, help="shorter side before the random crop (default: the paper's 256:224 ratio)")
+    p.add_argument("--devices", help="cpu, cuda:0, or cuda:0,cuda:1 (two towers on two GPUs); DDP under torchrun")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--max-train-images", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--ten-crop", action="store_true", help="also measure 10-crop accuracy at export")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--no-export", action="store_true")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("export", help="write the serving weights file from a checkpoint")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--no-eval", action="store_true", help="skip measuring accuracy on the held-out split")
+    p.add_argument("--ten-crop", action="store_true")
+    p.set_defaults(func=_export)
+    p = sub.add_parser("evaluate", help="top-1/top-5 error of a weights file")
+    p.add_argument("weights", type=Path)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--ten-crop", action="store_true")
+    p.add_argument("--confusion", type=Path, help="write a confusion-matrix PNG here")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    from model.weights import WeightsError
+    from training.data import DataError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (DataError, WeightsError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
