@@ -1,0 +1,197 @@
+"""``alexnet index build|add|remove|stats|search|eval``: manage a similarity index from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _open(args: argparse.Namespace, *, need_model: bool):
+    from index.index import ImageIndex
+    from model.predictor import Predictor
+    from model.weights import read_meta
+
+    predictor = Predictor(args.weights) if need_model else None
+    weights_hash = predictor.weights_hash if predictor else read_meta(args.weights).content_hash
+    index = ImageIndex(args.index, weights_hash=weights_hash, factory=getattr(args, "factory", "flat"))
+    return predictor, index
+
+
+def _build(args: argparse.Namespace) -> int:
+    from index.extract import build_index
+
+    predictor, index = _open(args, need_model=True)
+    with index:
+        report = build_index(
+            index,
+            predictor,
+            args.source,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            data_dir=args.data_dir,
+            labels_from_folders=args.labels_from_folders,
+            limit=args.limit,
+        )
+        stats = index.stats()
+    print(
+        f"added {report.added}, exact duplicates {report.duplicates}, skipped {len(report.skipped)}; index holds {stats['images']} images"
+    )
+    for src, reason in report.skipped[:20]:
+        print(f"  skipped {src}: {reason}")
+    if len(report.skipped) > 20:
+        print(f"  ... and {len(report.skipped) - 20} more")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from index.extract import add_images, images_from_source
+
+    predictor, index = _open(args, need_model=True)
+    with index:
+        failed = 0
+        for name in args.images:
+            ds = images_from_source(name, predictor)
+            item = ds[0]
+            if isinstance(item, tuple):
+                print(f"{name}: skipped ({item[1]})", file=sys.stderr)
+                failed += 1
+                continue
+            if args.label:
+                item.label = args.label
+            (r,) = add_images(index, predictor, [item], near_duplicate_threshold=args.near_duplicate)
+            note = "" if r.created else " (exact duplicate: already stored)"
+            if r.near_duplicate_of is not None:
+                note += f" (near duplicate of {r.near_duplicate_of}, cosine {r.near_duplicate_score:.3f})"
+            print(f"{name}: id {r.id}{note}")
+    return 1 if failed else 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    _, index = _open(args, need_model=False)
+    with index:
+        rec = index.delete(args.id)
+    if rec is None:
+        print(f"no image with id {args.id}", file=sys.stderr)
+        return 1
+    print(f"removed {args.id} ({rec.source})")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from index.index import ImageIndex
+
+    with ImageIndex(args.index, weights_hash=_stored_hash(args.index), readonly=True) as index:
+        stats = index.stats()
+        stats["problems"] = index.check()
+    print(json.dumps(stats, indent=2))
+    return 0 if not stats["problems"] else 1
+
+
+def _stored_hash(directory: Path) -> str:
+    from index.store import Store
+
+    store = Store(directory, readonly=True)
+    try:
+        return store.get_meta("weights_hash") or ""
+    finally:
+        store.close()
+
+
+def _search(args: argparse.Namespace) -> int:
+    from model.decode import decode_image
+
+    predictor, index = _open(args, need_model=True)
+    with index:
+        image = decode_image(Path(args.image).read_bytes()).image
+        hits = index.search(predictor.embed([image]), k=args.k)[0]
+    if args.json:
+        print(json.dumps([{"id": h.id, "score": h.score, "label": h.record.label, "source": h.record.source} for h in hits], indent=2))
+    else:
+        for h in hits:
+            print(f"{h.score:7.4f}  id {h.id:<8} {h.record.label or '-':<14} {h.record.source}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from index.quality import precision_at_k
+    from index.store import Store
+
+    store = Store(args.index, readonly=True)
+    ids, vecs = zip(*store.iter_vectors(), strict=True) if store.count() else ((), ())
+    records = store.get_many([int(i) for chunk in ids for i in chunk])
+    store.close()
+    if not records:
+        print("the index is empty", file=sys.stderr)
+        return 1
+    all_ids = np.concatenate(ids)
+    labels = np.array([records[int(i)].label or "" for i in all_ids])
+    p = precision_at_k(np.concatenate(vecs), labels, k=args.k)
+    print(f"precision@{args.k} by label over {len(all_ids)} images: {100 * p:.2f}%")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alexnet index")
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    def common(p: argparse.ArgumentParser, weights: bool = True) -> None:
+        if weights:
+            p.add_argument("--weights", type=Path, required=True, help="weights file whose fc7 vectors the index holds")
+        p.add_argument("--index", type=Path, required=True, help="index directory")
+
+    p = sub.add_parser("build", help="embed a folder tree or data set (fashion-mnist:test) into the index")
+    p.add_argument("source")
+    common(p)
+    p.add_argument("--factory", default="flat", help="FAISS factory string, e.g. PCA256,IVF1024,SQ8 or HNSW32 (default exact)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--data-dir", help="Fashion-MNIST's directory, when not the Debian package's")
+    p.add_argument("--labels-from-folders", action="store_true", help="label each image by its parent folder's name")
+    p.add_argument("--limit", type=int)
+    p.set_defaults(func=_build)
+    p = sub.add_parser("add", help="add image files")
+    p.add_argument("images", nargs="+")
+    common(p)
+    p.add_argument("--label")
+    p.add_argument("--near-duplicate", type=float, metavar="COSINE", help="flag near duplicates at or above this cosine")
+    p.set_defaults(func=_add)
+    p = sub.add_parser("remove", help="remove an image by id")
+    p.add_argument("id", type=int)
+    common(p)
+    p.set_defaults(func=_remove)
+    p = sub.add_parser("stats", help="counts, weights hash, consistency")
+    common(p, weights=False)
+    p.set_defaults(func=_stats)
+    p = sub.add_parser("search", help="the k most similar stored images")
+    p.add_argument("image")
+    common(p)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_search)
+    p = sub.add_parser("eval", help="precision@k by label over the stored images")
+    common(p, weights=False)
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(func=_eval)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    from index.index import IndexError_
+    from index.store import StoreError
+    from model.decode import DecodeError
+    from model.weights import WeightsError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv[1:])
+    try:
+        return int(args.func(args))
+    except (IndexError_, StoreError, WeightsError, DecodeError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

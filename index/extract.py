@@ -1,0 +1,203 @@
+"""Batched fc7 extraction over a folder tree or a data set, into an ``ImageIndex``.
+
+A DataLoader decodes and preprocesses in worker processes while the model runs; files
+that are not images (decided by content, not extension) or cannot be decoded are
+skipped and listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from index.index import AddResult, ImageIndex
+from index.store import NewImage
+from model.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, encode_for_store
+from model.predictor import Predictor
+from model.preprocess import eval_transform
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BuildReport", "add_images", "build_index", "images_from_source"]
+
+
+@dataclass
+class Item:
+    tensor: Tensor
+    encoded: bytes
+    suffix: str
+    sha256: str
+    width: int
+    height: int
+    source: str
+    label: str | None
+
+
+@dataclass
+class BuildReport:
+    added: int = 0
+    duplicates: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+
+
+class _Decoder:
+    """Picklable per-item work for DataLoader workers: decode, preprocess, re-encode."""
+
+    def __init__(self, transform: Callable[[Image.Image], Tensor], max_pixels: int) -> None:
+        self.transform, self.max_pixels = transform, max_pixels
+
+    def from_bytes(self, data: bytes, source: str, label: str | None) -> Item | tuple[str, str]:
+        try:
+            d = decode_image(data, max_pixels=self.max_pixels)
+        except DecodeError as e:
+            return source, str(e)
+        return self.from_image(d.image, d.sha256, source, label)
+
+    def from_image(self, image: Image.Image, sha256: str, source: str, label: str | None) -> Item:
+        encoded, suffix = encode_for_store(image)
+        return Item(self.transform(image), encoded, suffix, sha256, image.width, image.height, source, label)
+
+
+class _FolderDataset(Dataset[Item | tuple[str, str]]):
+    def __init__(self, files: list[Path], decoder: _Decoder, labels: dict[Path, str] | None) -> None:
+        self.files, self.decoder, self.labels = files, decoder, labels or {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Item | tuple[str, str]:
+        path = self.files[i]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            return str(path), f"unreadable: {e}"
+        return self.decoder.from_bytes(data, str(path), self.labels.get(path))
+
+
+class _DataSetDataset(Dataset[Item | tuple[str, str]]):
+    def __init__(self, spec: str, decoder: _Decoder, data_dir: str | None) -> None:
+        # Data-set readers live in training.data; imported only by this build command, never at serving time.
+        from training.data import fashion_mnist
+
+        name, _, split = spec.partition(":")
+        if name != "fashion-mnist":
+            raise ValueError(f"unknown data set {name!r} (known: fashion-mnist:test, fashion-mnist:train)")
+        self.source = fashion_mnist(data_dir, split or "test") if data_dir else fashion_mnist(split=split or "test")
+        self.name = f"fashion-mnist:{split or 'test'}"
+        self.decoder = decoder
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> Item | tuple[str, str]:
+        image = self.source.pil_image(i)
+        sha = hashlib.sha256(image.tobytes()).hexdigest()
+        label = self.source.class_names[self.source.label(i)]
+        return self.decoder.from_image(image.convert("RGB"), sha, f"{self.name}:{i}", label)
+
+
+def _collate(items: list[Item | tuple[str, str]]) -> tuple[list[Item], list[tuple[str, str]]]:
+    good = [it for it in items if isinstance(it, Item)]
+    bad = [it for it in items if not isinstance(it, Item)]
+    return good, bad
+
+
+def _walk(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def images_from_source(
+    source: str,
+    predictor: Predictor,
+    *,
+    data_dir: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    labels_from_folders: bool = False,
+    limit: int | None = None,
+) -> Dataset[Item | tuple[str, str]]:
+    decoder = _Decoder(eval_transform(predictor.meta.preset), max_pixels)
+    if source.startswith("fashion-mnist"):
+        ds: Dataset[Item | tuple[str, str]] = _DataSetDataset(source, decoder, data_dir)
+    else:
+        root = Path(source)
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such file or folder")
+        files = _walk(root) if root.is_dir() else [root]
+        labels = {p: p.parent.name for p in files if p.parent != root} if labels_from_folders and root.is_dir() else None
+        ds = _FolderDataset(files, decoder, labels)
+    if limit is not None:
+        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))  # type: ignore[arg-type]
+    return ds
+
+
+def _batches(ds: Dataset[Item | tuple[str, str]], batch_size: int, workers: int) -> Iterator[tuple[list[Item], list[tuple[str, str]]]]:
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False)
+    yield from loader
+
+
+def add_images(
+    index: ImageIndex, predictor: Predictor, items: list[Item], *, near_duplicate_threshold: float | None = None
+) -> list[AddResult]:
+    """Embed a batch of decoded items and add them (durably) to the index."""
+    if not items:
+        return []
+    _, fc7 = predictor.forward(torch.stack([it.tensor for it in items]))
+    vectors = fc7.numpy().astype(np.float32)
+    new = [
+        NewImage(
+            vector=v,
+            sha256=it.sha256,
+            encoded=it.encoded,
+            suffix=it.suffix,
+            width=it.width,
+            height=it.height,
+            source=it.source,
+            label=it.label,
+        )
+        for v, it in zip(vectors, items, strict=True)
+    ]
+    return index.add(new, near_duplicate_threshold=near_duplicate_threshold)
+
+
+def build_index(
+    index: ImageIndex,
+    predictor: Predictor,
+    source: str,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    data_dir: str | None = None,
+    labels_from_folders: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+) -> BuildReport:
+    """Embed every image of ``source`` (a folder, a file, or ``fashion-mnist:test``) into ``index``."""
+    if predictor.weights_hash != index.weights_hash:
+        raise ValueError(f"weights {predictor.weights_hash[:12]} differ from the index's {index.weights_hash[:12]}")
+    ds = images_from_source(source, predictor, data_dir=data_dir, labels_from_folders=labels_from_folders, limit=limit)
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    report = BuildReport()
+    with tqdm(total=len(ds), desc="fc7", unit="img", disable=not progress, dynamic_ncols=True) as bar:  # type: ignore[arg-type]
+        for items, bad in _batches(ds, batch_size, workers):
+            for src, reason in bad:
+                log.warning("skipped %s: %s", src, reason)
+            report.skipped.extend(bad)
+            for r in add_images(index, predictor, items):
+                if r.created:
+                    report.added += 1
+                else:
+                    report.duplicates += 1
+            bar.update(len(items) + len(bad))
+    index.save_snapshot()
+    return report

@@ -1,0 +1,36 @@
+"""Small vectors and images for index tests (dimension 32 keeps them fast)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+from PIL import Image
+
+from index.store import NewImage
+
+DIM = 32
+
+
+def png(seed: int, size: int = 8) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def item(seed: int, vector: np.ndarray | None = None, label: str | None = None) -> NewImage:
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=DIM).astype(np.float32) if vector is None else vector.astype(np.float32)
+    data = png(seed)
+    return NewImage(
+        vector=v,
+        sha256=hashlib.sha256(data).hexdigest(),
+        encoded=data,
+        suffix=".png",
+        width=8,
+        height=8,
+        source=f"test:{seed}",
+        label=label or f"L{seed % 3}",
+    )

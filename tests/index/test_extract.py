@@ -1,0 +1,95 @@
+"""fc7 extraction over folders and data sets, through the `alexnet index` commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from index.extract import build_index
+from index.index import ImageIndex
+from model.predictor import Predictor
+from tests.server import ROOT
+from tests.training.test_data import make_fmnist
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app.console", "index", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def make_folder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (root / cls / "deeper").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / cls / "deeper" / "x.jpg")
+    (root / "cats" / "notes.txt").write_text("not an image")
+    (root / "cats" / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    Image.open(root / "dogs" / "0.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "dogs" / "disguised.dat", format="PNG")
+    (root / "dogs" / "copy.png").write_bytes((root / "dogs" / "0.png").read_bytes())  # an exact duplicate
+
+
+def test_build_from_folder_skips_non_images_and_stores_reencoded_copies(tmp_path: Path, small_weights: Path) -> None:
+    make_folder(tmp_path / "photos")
+    idx_dir = tmp_path / "idx"
+    r = cli("build", str(tmp_path / "photos"), "--weights", str(small_weights), "--index", str(idx_dir), "--labels-from-folders",
+            "--workers", "0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "added 9, exact duplicates 1, skipped 2" in r.stdout
+    assert "notes.txt" in r.stdout and "photo.jpg" in r.stdout
+    stats = json.loads(cli("stats", "--index", str(idx_dir)).stdout)
+    assert stats["images"] == 9 and stats["problems"] == []
+    with ImageIndex(idx_dir, weights_hash=Predictor(small_weights).weights_hash) as idx:
+        rec = idx.get(1)
+        assert rec is not None and rec.label == "cats" and rec.source.endswith("cats/0.png")
+        stored = idx.image_file(1)
+        assert stored is not None and stored.parent.parent == idx_dir / "images"
+        assert Image.open(stored).size == (40, 30)
+    r = cli(
+        "search", str(tmp_path / "photos" / "dogs" / "1.png"), "-k", "3", "--json", "--weights", str(small_weights), "--index", str(idx_dir)
+    )
+    hits = json.loads(r.stdout)
+    assert hits[0]["source"].endswith("dogs/1.png") and hits[0]["score"] > 0.999
+    assert "precision@10" in cli("eval", "--index", str(idx_dir)).stdout
+    r = cli("remove", "1", "--weights", str(small_weights), "--index", str(idx_dir))
+    assert r.returncode == 0
+    assert cli("remove", "1", "--weights", str(small_weights), "--index", str(idx_dir)).returncode == 1
+    assert json.loads(cli("stats", "--index", str(idx_dir)).stdout)["images"] == 8
+
+
+def test_add_command_and_near_duplicates(tmp_path: Path, small_weights: Path) -> None:
+    make_folder(tmp_path / "p")
+    idx = tmp_path / "idx"
+    r = cli("add", str(tmp_path / "p" / "cats" / "0.png"), "--weights", str(small_weights), "--index", str(idx), "--label", "mine")
+    assert r.returncode == 0 and "id 1" in r.stdout
+    r = cli("add", str(tmp_path / "p" / "dogs" / "disguised.dat"), str(tmp_path / "p" / "cats" / "notes.txt"), "--weights",
+            str(small_weights), "--index", str(idx), "--near-duplicate", "0.5")  # fmt: skip
+    assert r.returncode == 1 and "notes.txt: skipped" in r.stderr and "id 2" in r.stdout
+
+
+def test_build_from_fashion_mnist_split(tmp_path: Path, small_weights: Path) -> None:
+    make_fmnist(tmp_path / "fm", n_train=10, n_test=12)
+    predictor = Predictor(small_weights)
+    with ImageIndex(tmp_path / "idx", weights_hash=predictor.weights_hash) as idx:
+        report = build_index(idx, predictor, "fashion-mnist:test", data_dir=str(tmp_path / "fm"), workers=0, progress=False)
+        assert report.added + report.duplicates == 12 and not report.skipped
+        rec = idx.get(1)
+        assert rec is not None and rec.source == "fashion-mnist:test:0" and rec.label == "T-shirt/top"
+
+
+def test_other_weights_are_refused_by_the_command(tmp_path: Path, small_weights: Path) -> None:
+    from tests.conftest import make_weights
+
+    make_folder(tmp_path / "p")
+    assert (
+        cli("build", str(tmp_path / "p"), "--weights", str(small_weights), "--index", str(tmp_path / "i"), "--workers", "0").returncode == 0
+    )
+    other = tmp_path / "o.safetensors"
+    make_weights(other, seed=3)
+    r = cli("search", str(tmp_path / "p" / "cats" / "0.png"), "--weights", str(other), "--index", str(tmp_path / "i"))
+    assert r.returncode == 2 and "built with weights" in r.stderr and "alexnet index build" in r.stderr
