@@ -1,0 +1,133 @@
+"""The FastAPI application: ``create_app()`` builds it; its lifespan loads model and index once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+import faiss
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.batching import Batcher
+from app.limits import BodySizeLimit
+from app.metrics import Metrics, MetricsMiddleware
+from app.routes import classify, health, images, similar, web
+from app.settings import Settings, get_settings
+from app.state import ServiceState
+from index.index import ImageIndex, IndexError_
+from index.store import StoreError
+from model.predictor import Predictor
+from model.weights import WeightsError
+
+log = logging.getLogger("app")
+
+__all__ = ["app", "create_app"]
+
+
+def _size_threads(settings: Settings) -> None:
+    """One forward pass at a time uses every core; FAISS searches stay single-threaded so that
+    concurrent searches do not oversubscribe the cores (RELIABILITY.md 26)."""
+    torch.set_num_threads(settings.threads())
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    if settings.faiss_threads:
+        faiss.omp_set_num_threads(settings.faiss_threads)
+
+
+def load_state(settings: Settings, metrics: Metrics) -> ServiceState:
+    state = ServiceState(settings=settings, metrics=metrics)
+    try:
+        state.predictor = Predictor(
+            settings.weights, device=settings.device, max_batch=max(settings.max_batch, 10), precision=settings.precision
+        )
+    except (WeightsError, OSError, RuntimeError, ValueError) as e:
+        state.problems.append(f"weights {settings.weights}: {e}")
+        log.error("cannot load weights: %s", e)
+        return state
+    try:
+        state.index = ImageIndex(
+            settings.index_dir,
+            weights_hash=state.predictor.weights_hash,
+            factory=settings.index_factory,
+            snapshot_every=settings.snapshot_every,
+        )
+        metrics.index_size.set(len(state.index))
+    except (IndexError_, StoreError, OSError, ValueError) as e:
+        state.problems.append(f"index {settings.index_dir}: {e}")
+        log.error("cannot open the index: %s", e)
+    return state
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _size_threads(settings)
+        # decoding uploads and index calls run in this pool; bounded so that a burst cannot start hundreds of decoders
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.decode_threads
+        state = load_state(settings, metrics)
+        if state.predictor is not None:
+            state.batcher = Batcher(
+                state.predictor.forward,
+                max_batch=settings.max_batch,
+                max_wait_s=settings.batch_wait_ms / 1000,
+                on_batch=metrics.batch_size.observe,
+            )
+            state.batcher.start()
+        app.state.service = state
+        if state.problems:
+            log.error("not ready: %s", "; ".join(state.problems))
+        else:
+            log.info(
+                "ready: %s (%s), index %s with %d images",
+                settings.weights,
+                state.predictor.weights_hash[:12] if state.predictor else "-",
+                settings.index_dir,
+                len(state.index) if state.index else 0,
+            )
+        try:
+            yield
+        finally:
+            if state.batcher:
+                await state.batcher.stop()
+            if state.index:
+                state.index.close()
+
+    app = FastAPI(
+        title="AlexNet classification and similarity service",
+        version="0.1.0",
+        description="The 2012 AlexNet: top-k classification and fc7 cosine similarity search over stored images.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        msgs = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse({"detail": msgs or "invalid request"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code in (400, 413, 415):
+            metrics.rejected.labels(str(exc.status_code)).inc()
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    for module in (classify, similar, images, health, web):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def app() -> FastAPI:
+    """Factory for ``uvicorn --factory app.main:app``."""
+    return create_app()

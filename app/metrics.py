@@ -1,0 +1,56 @@
+"""Prometheus metrics of the service, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["Metrics", "MetricsMiddleware"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("alexnet_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "alexnet_http_request_seconds", "HTTP request latency", ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "alexnet_batch_size", "images per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry
+        )
+        self.queue_depth = Gauge("alexnet_batch_queue_depth", "requests waiting for the batcher", registry=self.registry)
+        self.index_size = Gauge("alexnet_index_images", "images in the similarity index", registry=self.registry)
+        self.rejected = Counter("alexnet_rejected_uploads", "uploads refused", ["reason"], registry=self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times every request by its route template (``/images/{image_id}``, not the raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, path, str(status)).inc()
+            self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)

@@ -1,0 +1,86 @@
+"""Request and response models (they become the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ModelInfo(BaseModel):
+    architecture: str
+    weights_hash: str = Field(description="SHA-256 of the weights' tensors")
+    num_classes: int
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="class index")
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class ClassifyResult(BaseModel):
+    filename: str | None
+    predictions: list[Prediction] = Field(description="top-k, most probable first")
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelInfo
+    ten_crop: bool
+    results: list[ClassifyResult]
+
+
+class SimilarHit(BaseModel):
+    id: int
+    score: float = Field(ge=-1, le=1, description="cosine similarity of fc7 vectors")
+    label: str | None
+    source: str | None
+    image_url: str
+    meta_url: str
+
+
+class SimilarResponse(BaseModel):
+    model: ModelInfo
+    count: int
+    results: list[SimilarHit]
+
+
+class AddedImage(BaseModel):
+    id: int
+    filename: str | None
+    created: bool = Field(description="false: the same bytes were already stored; the existing id is returned")
+    near_duplicate_of: int | None = None
+    near_duplicate_score: float | None = None
+
+
+class AddImagesResponse(BaseModel):
+    images: list[AddedImage]
+
+
+class ImageMeta(BaseModel):
+    id: int
+    sha256: str
+    source: str | None
+    label: str | None
+    width: int
+    height: int
+    created: float
+    image_url: str
+
+
+class DeleteResponse(BaseModel):
+    id: int
+    deleted: bool
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    model: ModelInfo | None = None
+    index: dict[str, object] | None = None
+    detail: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str

@@ -1,0 +1,50 @@
+"""Service settings: environment variables with the prefix ``ALEXNET_`` (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ALEXNET_", env_file=".env", extra="ignore")
+
+    weights: Path = Field(Path("data/weights/fashion-mnist.safetensors"), description="weights file to serve")
+    index_dir: Path = Field(Path("data/index"), description="index directory (created empty if missing)")
+    api_key: SecretStr | None = Field(None, description="key for POST/DELETE /images; unset: those endpoints answer 403")
+    device: str = Field("cpu", description="cpu, cuda:0, or cuda:0,cuda:1 (two towers)")
+    precision: Literal["fp32", "int8"] = Field("fp32", description="int8: the fc layers run with int8 weights (CPU)")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body cap; larger bodies get 413 before decoding")
+    max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit per image (413 above)")
+    max_files: int = Field(16, ge=1, description="images per request")
+    max_fields: int = Field(16, ge=1, description="non-file form fields per request")
+
+    max_batch: int = Field(16, ge=1, description="images per forward pass")
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests to join a batch")
+    torch_threads: int = Field(0, ge=0, description="threads for the forward pass (0: one per core)")
+    faiss_threads: int = Field(1, ge=0, description="OpenMP threads per FAISS search (0: FAISS's default)")
+    decode_threads: int = Field(8, ge=1, description="threads decoding uploads and touching the index")
+
+    index_factory: str = Field("flat", description="FAISS factory string for a new index (flat: exact)")
+    near_duplicate_threshold: float | None = Field(
+        None, ge=-1, le=1, description="flag adds whose cosine to a stored image is at least this"
+    )
+    snapshot_every: int = Field(2000, ge=1, description="adds/deletes between FAISS snapshots (the SQLite store is always durable)")
+
+    def threads(self) -> int:
+        return self.torch_threads or (os.cpu_count() or 1)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

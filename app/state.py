@@ -1,0 +1,77 @@
+"""What the lifespan loads once: the predictor, the index, the batcher; and what failed, if anything."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import torch
+from fastapi import Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.batching import Batcher
+from app.metrics import Metrics
+from app.schemas import ModelInfo, Prediction
+from app.settings import Settings
+from index.index import ImageIndex
+from model.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Ctx", "ServiceState", "get_state"]
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    predictor: Predictor | None = None
+    index: ImageIndex | None = None
+    batcher: Batcher | None = None
+    problems: list[str] = field(default_factory=list)
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def require_model(self) -> tuple[Predictor, Batcher]:
+        if self.predictor is None or self.batcher is None:
+            raise HTTPException(503, f"model not loaded: {'; '.join(self.problems) or 'starting'}")
+        return self.predictor, self.batcher
+
+    def require_index(self) -> ImageIndex:
+        if self.index is None:
+            raise HTTPException(503, f"index not available: {'; '.join(self.problems) or 'starting'}")
+        return self.index
+
+    def model_info(self) -> ModelInfo:
+        p, _ = self.require_model()
+        return ModelInfo(architecture=p.meta.architecture, weights_hash=p.weights_hash, num_classes=p.meta.num_classes)
+
+    # -- the network, through the batcher -------------------------------------------------------
+
+    async def infer(self, images: list, *, ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities (n, classes) and L2-normalised-ready fc7 (n, 4096) of PIL images."""
+        predictor, batcher = self.require_model()
+        batch = await run_in_threadpool(predictor.preprocess, images, ten_crop)
+        if ten_crop:
+            n = len(images)
+            logits, fc7 = await batcher.submit(batch.flatten(0, 1))
+            probs = logits.softmax(dim=1).view(n, 10, -1).mean(dim=1)
+            return probs, fc7.view(n, 10, -1)[:, 4]  # fc7 of the centre crop
+        logits, fc7 = await batcher.submit(batch)
+        return logits.softmax(dim=1), fc7
+
+    def top_k(self, probs: torch.Tensor, k: int) -> list[list[Prediction]]:
+        predictor, _ = self.require_model()
+        return [
+            [Prediction(index=p.index, label=p.label, probability=min(1.0, max(0.0, p.probability))) for p in row]
+            for row in predictor.top_k(probs, k)
+        ]
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+Ctx = Annotated[ServiceState, Depends(get_state)]

@@ -1,0 +1,78 @@
+"""Reading multipart uploads within limits, and decoding them safely off the event loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from model.decode import Decoded, DecodeError, decode_image
+
+__all__ = ["Upload", "decode_status", "multipart_body", "read_uploads"]
+
+
+@dataclass
+class Upload:
+    filename: str | None
+    decoded: Decoded
+
+
+def multipart_body(*, multiple: bool, fields: dict[str, dict[str, object]] | None = None) -> dict[str, object]:
+    """OpenAPI ``requestBody`` for an upload route (parsed by hand, so that its limits are ours)."""
+    binary = {"type": "string", "format": "binary"}
+    props: dict[str, object] = {"file": {**binary, "description": "one image (JPEG, PNG, WebP, GIF, BMP or TIFF)"}}
+    if multiple:
+        props["files"] = {"type": "array", "items": binary, "description": "several images"}
+    props.update(fields or {})
+    schema = {"type": "object", "properties": props}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def decode_status(e: DecodeError) -> int:
+    return {"unsupported": 415, "too_large": 413}.get(e.kind, 400)
+
+
+async def read_uploads(
+    request: Request, *, max_files: int, max_fields: int, max_pixels: int, multiple: bool
+) -> tuple[list[Upload], dict[str, str]]:
+    """The decoded images of fields ``file`` (and ``files`` when ``multiple``), and the text fields."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise HTTPException(
+            415 if ctype else 400, f"expected a multipart/form-data upload with a 'file' field, got {ctype or 'no content type'}"
+        )
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_fields, max_part_size=64 * 1024)
+    except MultiPartException as e:
+        raise HTTPException(400, f"malformed multipart body: {e.message}") from e
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        raise HTTPException(400, f"malformed multipart body: {e}") from e
+    try:
+        names = ("file", "files") if multiple else ("file",)
+        parts = [(name, v) for name in names for v in form.getlist(name)]
+        unexpected = sorted({k for k, v in form.multi_items() if isinstance(v, UploadFile) and k not in names})
+        if not parts:
+            hint = f" (got file fields {unexpected})" if unexpected else ""
+            raise HTTPException(400, f"no image uploaded: send it as the multipart field 'file'{' or files' if multiple else ''}{hint}")
+        if not multiple and len(parts) > 1:
+            raise HTTPException(400, "send one image in the field 'file'")
+        if len(parts) > max_files:
+            raise HTTPException(400, f"at most {max_files} images per request")
+        uploads: list[Upload] = []
+        for name, part in parts:
+            if not isinstance(part, UploadFile):
+                raise HTTPException(400, f"field '{name}' must be a file upload, got a text value")
+            data = await part.read()
+            try:
+                decoded = await run_in_threadpool(decode_image, data, max_pixels=max_pixels)
+            except DecodeError as e:
+                label = part.filename or name
+                raise HTTPException(decode_status(e), f"{label}: {e}") from e
+            uploads.append(Upload(part.filename, decoded))
+        text = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        return uploads, text
+    finally:
+        await form.close()

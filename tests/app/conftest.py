@@ -1,0 +1,56 @@
+"""The app under test runs its real lifespan, on a small model made here and a fresh index."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from app.settings import Settings
+
+API_KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def image_bytes(seed: int = 0, size: tuple[int, int] = (48, 40), fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    im = Image.fromarray(arr)
+    if mode != "RGB":
+        im = im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_settings(tmp_path: Path, weights: Path, **kw: object) -> Settings:
+    values: dict[str, object] = dict(
+        weights=weights,
+        index_dir=tmp_path / "index",
+        api_key=API_KEY,
+        max_batch=8,
+        batch_wait_ms=2.0,
+        torch_threads=2,
+        max_upload_bytes=2 * 1024 * 1024,
+        max_pixels=4_000_000,
+    )
+    values.update(kw)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(tmp_path: Path, small_weights: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tmp_path, small_weights))) as c:
+        yield c
+
+
+def upload(
+    name: str = "a.png", data: bytes | None = None, ctype: str = "image/png", field: str = "file"
+) -> dict[str, tuple[str, bytes, str]]:
+    return {field: (name, image_bytes() if data is None else data, ctype)}

@@ -1,0 +1,37 @@
+"""POST /classify over real HTTP against the real app."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import image_bytes, upload
+
+
+def test_classify_returns_top_k_sorted_with_model_info(client: TestClient) -> None:
+    r = client.post("/classify", files=upload())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["architecture"] == "alexnet-2tower" and len(body["model"]["weights_hash"]) == 64
+    preds = body["results"][0]["predictions"]
+    assert len(preds) == 4
+    probs = [p["probability"] for p in preds]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_k_is_validated_against_the_class_count(client: TestClient) -> None:
+    assert client.post("/classify?k=2", files=upload()).status_code == 200
+    r = client.post("/classify?k=5", files=upload())
+    assert r.status_code == 422 and "between 1 and 4" in r.json()["detail"]
+    assert client.post("/classify?k=0", files=upload()).status_code == 422
+
+
+def test_several_files_and_ten_crop(client: TestClient) -> None:
+    files = [("files", (f"{i}.png", image_bytes(i), "image/png")) for i in range(3)]
+    r = client.post("/classify?k=3", files=files)
+    assert r.status_code == 200, r.text
+    assert [res["filename"] for res in r.json()["results"]] == ["0.png", "1.png", "2.png"]
+    one = client.post("/classify?k=3", files=upload("1.png", image_bytes(1))).json()["results"][0]["predictions"]
+    assert [p["index"] for p in one] == [p["index"] for p in r.json()["results"][1]["predictions"]]
+    tc = client.post("/classify?k=4&ten_crop=true", files=upload())
+    assert tc.status_code == 200 and tc.json()["ten_crop"] is True
+    assert abs(sum(p["probability"] for p in tc.json()["results"][0]["predictions"]) - 1) < 1e-4

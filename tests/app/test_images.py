@@ -1,0 +1,90 @@
+"""Adding, serving and deleting stored images; API key rules; similarity round trips."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.app.conftest import API_KEY, AUTH, image_bytes, upload
+
+
+def add(client: TestClient, seed: int, label: str | None = None) -> int:
+    data = {"label": label} if label else None
+    r = client.post("/images", files=upload(f"{seed}.png", image_bytes(seed)), data=data, headers=AUTH)
+    assert r.status_code == 201, r.text
+    return int(r.json()["images"][0]["id"])
+
+
+def test_added_image_is_its_own_nearest_neighbour_until_deleted(client: TestClient) -> None:
+    ids = [add(client, s, label=f"L{s}") for s in range(5)]
+    r = client.post("/similar?k=3", files=upload("q.png", image_bytes(2)))
+    assert r.status_code == 200, r.text
+    top = r.json()["results"][0]
+    assert top["id"] == ids[2] and top["score"] > 0.99 and top["label"] == "L2"
+    assert top["image_url"] == f"/images/{ids[2]}"
+    assert client.get(f"/similar/{ids[2]}?k=10").json()["count"] == 4  # itself left out
+    assert client.delete(f"/images/{ids[2]}", headers=AUTH).status_code == 200
+    after = client.post("/similar?k=10", files=upload("q.png", image_bytes(2))).json()["results"]
+    assert ids[2] not in [h["id"] for h in after] and len(after) == 4
+    assert client.delete(f"/images/{ids[2]}", headers=AUTH).status_code == 404
+    assert client.get(f"/images/{ids[2]}").status_code == 404
+    assert client.get(f"/similar/{ids[2]}").status_code == 404
+
+
+def test_similar_on_empty_index_and_k_larger_than_index(client: TestClient) -> None:
+    r = client.post("/similar?k=100", files=upload())
+    assert r.status_code == 200 and r.json() == {**r.json(), "count": 0, "results": []}
+    add(client, 1)
+    r = client.post("/similar?k=100", files=upload())
+    assert r.json()["count"] == 1 and r.json()["results"][0]["id"] > 0
+    assert client.post("/similar?k=101", files=upload()).status_code == 422
+
+
+def test_same_bytes_give_the_same_id(client: TestClient) -> None:
+    a, b = add(client, 7), add(client, 7)
+    assert a == b
+    r = client.post("/images", files=upload("7.png", image_bytes(7)), headers=AUTH)
+    assert r.json()["images"][0]["created"] is False
+
+
+def test_api_key_rules(tmp_path, small_weights) -> None:  # type: ignore[no-untyped-def]
+    from app.main import create_app
+    from tests.app.conftest import make_settings
+
+    with TestClient(create_app(make_settings(tmp_path, small_weights, api_key=None))) as open_client:
+        r = open_client.post("/images", files=upload())
+        assert r.status_code == 403 and "ALEXNET_API_KEY" in r.json()["detail"]
+        assert open_client.delete("/images/1").status_code == 403
+    with TestClient(create_app(make_settings(tmp_path / "2", small_weights))) as c:
+        assert c.post("/images", files=upload()).status_code == 401
+        assert c.post("/images", files=upload(), headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.post("/images", files=upload(), headers={"X-API-Key": API_KEY}).status_code == 201
+        assert c.delete("/images/1", headers={"X-API-Key": "nope"}).status_code == 401
+        assert c.get("/similar/1").status_code == 200  # reading needs no key
+
+
+def test_stored_image_is_reencoded_pixels_never_the_upload(client: TestClient) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("evil.html", "<script>alert(1)</script>")
+    polyglot = image_bytes(3) + buf.getvalue()
+    r = client.post("/images", files=upload("poly.png", polyglot), headers=AUTH)
+    assert r.status_code == 201, r.text
+    image_id = r.json()["images"][0]["id"]
+    got = client.get(f"/images/{image_id}")
+    assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+    assert b"evil.html" not in got.content and b"<script>" not in got.content
+    assert Image.open(io.BytesIO(got.content)).tobytes() == Image.open(io.BytesIO(image_bytes(3))).convert("RGB").tobytes()
+    meta = client.get(f"/images/{image_id}/meta").json()
+    assert meta["width"] == 48 and meta["height"] == 40 and meta["source"] == "upload:poly.png"
+
+
+def test_ids_are_validated_and_paths_never_reach_the_filesystem(client: TestClient) -> None:
+    assert client.get("/images/../../etc/passwd").status_code == 404
+    assert client.get("/images/abc").status_code == 422
+    assert client.get("/images/0").status_code == 422
+    assert client.get("/images/999999").status_code == 404
+    assert client.get("/images/1/meta").status_code == 404

@@ -1,0 +1,75 @@
+"""The web page in headless Chromium: upload a real image file, see five labels and similar images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.conftest import API_KEY, image_bytes
+from tests.conftest import make_weights
+from tests.server import ROOT, running_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def test_upload_shows_top5_and_similar_images(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    weights = tmp_path / "w10.safetensors"
+    make_weights(weights, num_classes=10)
+    env = {"ALEXNET_WEIGHTS": str(weights), "ALEXNET_INDEX_DIR": str(tmp_path / "index"), "ALEXNET_API_KEY": API_KEY}
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(image_bytes(11, size=(120, 90)))
+    with running_server(env, log=tmp_path / "server.log") as base:
+        for seed in range(6):
+            r = httpx.post(
+                f"{base}/images",
+                files={"file": (f"{seed}.png", image_bytes(seed), "image/png")},
+                data={"label": f"class-{seed}"},
+                headers={"X-API-Key": API_KEY},
+                timeout=30,
+            )
+            assert r.status_code == 201, r.text
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--no-first-run",
+                    "--disable-sync",
+                    "--disable-quic",
+                ],
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 900})
+                page.goto(base + "/")
+                page.set_input_files("#file", str(picture))
+                page.wait_for_selector("#top5 .bar:nth-child(5)", timeout=30_000)
+                page.wait_for_selector("#grid .hit", timeout=30_000)
+                labels = page.locator("#top5 .bar").evaluate_all("rows => rows.map(r => r.dataset.label)")
+                assert len(labels) == 5 and all(label.startswith("class-") for label in labels)
+                assert page.locator("#grid .hit").count() == 6
+                assert page.locator("#grid .hit img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+                # a rejected file shows a clear message
+                bad = tmp_path / "notes.jpg"
+                bad.write_text("just text")
+                page.set_input_files("#file", str(bad))
+                page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+                assert "HTTP 415" in page.locator("#error").inner_text()
+            finally:
+                browser.close()
