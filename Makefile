@@ -22,7 +22,7 @@ $(BIN)/python:
 # Re-install when pyproject.toml changes.
 $(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q $(TORCH_PINS)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.$(if $(EXTRAS),[$(EXTRAS)])'
 	touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)

@@ -16,16 +16,31 @@ from model.alexnet import AlexNet
 def reference_alexnet(num_classes: int = 1000) -> nn.Sequential:
     lrn = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
     return nn.Sequential(
-        nn.Conv2d(3, 96, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.LocalResponseNorm(**lrn), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(inplace=True), nn.LocalResponseNorm(**lrn), nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
-        nn.Linear(9216, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Conv2d(3, 96, 11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        nn.LocalResponseNorm(**lrn),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2),
+        nn.ReLU(inplace=True),
+        nn.LocalResponseNorm(**lrn),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.AdaptiveAvgPool2d((6, 6)),
+        nn.Flatten(),
+        nn.Linear(9216, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
         nn.Linear(4096, num_classes),
-    )  # fmt: skip
+    )
 
 
 @torch.no_grad()

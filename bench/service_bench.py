@@ -1,0 +1,135 @@
+"""Service: requests/s and p50/p99 latency of /classify and /similar at several concurrencies,
+with and without batching, against a real server on 127.0.0.1, beside the raw model throughput.
+
+    python -m bench.service_bench [--seconds 15] [--concurrency 1,4,16] [--crop 224]
+
+The server runs the full paper architecture (1000 classes, 224x224; random weights: speed does
+not depend on their values) with an index of 1,000 stored images. "no batching" is the same
+server with ALEXNET_MAX_BATCH=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.common import machine, median, percentile, table, time_call
+from model.alexnet import alexnet
+from model.preprocess import Preset
+from model.weights import WeightsMeta, save_weights
+
+
+def jpeg(seed: int, size: int = 320) -> bytes:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+    im = Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_full_weights(path: Path, crop: int) -> None:
+    torch.manual_seed(0)
+    meta = WeightsMeta(
+        architecture="alexnet-2tower",
+        class_names=tuple(f"class-{i}" for i in range(1000)),
+        preset=Preset.for_crop(crop),
+        recipe={"name": "bench-random"},
+    )
+    save_weights(alexnet(num_classes=1000, bias_init=0.1), meta, path)
+
+
+async def load(base: str, route: str, concurrency: int, seconds: float, images: list[bytes]) -> dict[str, float]:
+    lat: list[float] = []
+    errors = 0
+    stop = time.monotonic() + seconds
+
+    async def client(i: int) -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+            j = i
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                r = await c.post(route, files={"file": ("x.jpg", images[j % len(images)], "image/jpeg")})
+                lat.append(time.perf_counter() - t)
+                errors += r.status_code != 200
+                j += concurrency
+
+    start = time.monotonic()
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    wall = time.monotonic() - start
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "rps": len(lat) / wall,
+        "p50_ms": 1e3 * percentile(lat, 50),
+        "p99_ms": 1e3 * percentile(lat, 99),
+    }
+
+
+def raw_model_throughput(crop: int, batch: int) -> float:
+    torch.manual_seed(0)
+    net = alexnet(num_classes=1000).eval()
+    x = torch.randn(batch, 3, crop, crop)
+    with torch.inference_mode():
+        return batch / median(time_call(lambda: net.forward_with_fc7(x)))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from tests.server import running_server
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--routes", default="/classify,/similar")
+    ap.add_argument("--crop", type=int, default=224)
+    args = ap.parse_args(argv if argv is not None else [])
+    levels = [int(c) for c in args.concurrency.split(",")]
+    images = [jpeg(i) for i in range(64)]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "full.safetensors"
+        make_full_weights(weights, args.crop)
+        for batching in (True, False):
+            env = {
+                "ALEXNET_WEIGHTS": str(weights),
+                "ALEXNET_INDEX_DIR": str(Path(tmp) / "index"),
+                "ALEXNET_API_KEY": "bench",
+                "ALEXNET_MAX_BATCH": "16" if batching else "1",
+                "ALEXNET_BATCH_WAIT_MS": "5",
+            }
+            with running_server(env) as base:
+                if batching:  # the first server fills the index; the second reuses it
+                    for start in range(0, 1000, 16):
+                        files = [("files", (f"{i}.jpg", jpeg(10_000 + i, 64), "image/jpeg")) for i in range(start, min(1000, start + 16))]
+                        httpx.post(f"{base}/images", files=files, headers={"X-API-Key": "bench"}, timeout=120).raise_for_status()
+                for route in args.routes.split(","):
+                    for c in levels:
+                        asyncio.run(load(base, route, c, 2.0, images))  # warm-up
+                        r = asyncio.run(load(base, route, c, args.seconds, images))
+                        rows.append({"route": route, "batching": "on" if batching else "off", "concurrency": c, **r})
+    raw16 = raw_model_throughput(args.crop, 16)
+    raw1 = raw_model_throughput(args.crop, 1)
+    for r in rows:
+        r["vs_raw_model"] = r["rps"] / (raw16 if r["batching"] == "on" and r["concurrency"] >= 16 else raw1)
+    print(f"# Service on 127.0.0.1, full model at {args.crop}px; raw model: {raw1:.1f} img/s at batch 1, {raw16:.1f} img/s at batch 16")
+    print(table(rows, ["route", "batching", "concurrency", "requests", "errors", "rps", "p50_ms", "p99_ms", "vs_raw_model"]))
+    return {"machine": machine(), "raw_img_s": {"1": raw1, "16": raw16}, "service": rows}
+
+
+if __name__ == "__main__":
+    result = main(sys.argv[1:])
+    if "--json" in sys.argv:
+        print(json.dumps(result, indent=2))
