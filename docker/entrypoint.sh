@@ -30,6 +30,7 @@ now() { date +%s; }
 
 install() {
   if [ "${ALEXNET[0]}" = alexnet ]; then return 0; fi
+  if [ -f ".venv/.installed-${EXTRAS:-}" ] && [ ".venv/.installed-${EXTRAS:-}" -nt pyproject.toml ]; then return 0; fi
   say "installing into .venv (first run only)"
   make --no-print-directory install EXTRAS="${EXTRAS:-}"
 }
