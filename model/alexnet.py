@@ -37,9 +37,12 @@ MIN_INPUT = 63
 @functools.lru_cache(maxsize=32)
 def _pool_matrix(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Adaptive average pooling (h, w) -> (6, 6) as a (36, h*w) matrix."""
-    basis = torch.eye(h * w, dtype=torch.float64).view(h * w, 1, h, w)
-    pooled = F.adaptive_avg_pool2d(basis, (6, 6)).view(h * w, 36)  # row s: where input s goes
-    return pooled.t().contiguous().to(device=device, dtype=dtype)
+    # cached across calls, so never an inference tensor: a first call under inference_mode
+    # (serving) must not poison later training steps
+    with torch.inference_mode(False), torch.no_grad():
+        basis = torch.eye(h * w, dtype=torch.float64).view(h * w, 1, h, w)
+        pooled = F.adaptive_avg_pool2d(basis, (6, 6)).view(h * w, 36)  # row s: where input s goes
+        return pooled.t().contiguous().to(device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,15 @@ def test_folded_pool_equals_pool_then_fc6(size: int) -> None:
 def test_too_small_input_is_refused_clearly() -> None:
     with pytest.raises(ValueError, match="H, W >= 63"):
         alexnet(num_classes=2)(torch.randn(1, 3, 32, 32))
+
+
+def test_training_works_after_inference_at_a_folded_size() -> None:
+    """The cached pool matrix made under inference_mode must not break a later backward pass."""
+    from model.alexnet import _pool_matrix
+
+    _pool_matrix.cache_clear()
+    net = alexnet(num_classes=3)
+    with torch.inference_mode():
+        net.eval()(torch.randn(1, 3, 64, 64))
+    net.train()(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert net.towers[0].fc6.weight.grad is not None
