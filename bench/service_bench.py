@@ -79,12 +79,13 @@ async def load(base: str, route: str, concurrency: int, seconds: float, images: 
     }
 
 
-def raw_model_throughput(crop: int, batch: int) -> float:
-    torch.manual_seed(0)
-    net = alexnet(num_classes=1000).eval()
+def raw_model_throughput(weights: Path, crop: int, batch: int) -> float:
+    """Images/s of the server's own forward (Predictor.forward: channels_last, fp32), without HTTP or decoding."""
+    from model.predictor import Predictor
+
+    predictor = Predictor(weights)
     x = torch.randn(batch, 3, crop, crop)
-    with torch.inference_mode():
-        return batch / median(time_call(lambda: net.forward_with_fc7(x)))
+    return batch / median(time_call(lambda: predictor.forward(x)))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         asyncio.run(load(base, route, c, 2.0, images))  # warm-up
                         r = asyncio.run(load(base, route, c, args.seconds, images))
                         rows.append({"route": route, "batching": "on" if batching else "off", "concurrency": c, **r})
-    raw16 = raw_model_throughput(args.crop, 16)
-    raw1 = raw_model_throughput(args.crop, 1)
+        raw16 = raw_model_throughput(weights, args.crop, 16)
+        raw1 = raw_model_throughput(weights, args.crop, 1)
     for r in rows:
         r["vs_raw_model"] = r["rps"] / (raw16 if r["batching"] == "on" and r["concurrency"] >= 16 else raw1)
     print(f"# Service on 127.0.0.1, full model at {args.crop}px; raw model: {raw1:.1f} img/s at batch 1, {raw16:.1f} img/s at batch 16")
