@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["bench.model_bench", "bench.search_bench", "bench.service_bench"]
+BENCHES = ["bench.model_bench", "bench.service_bench", "bench.search_bench"]
 
 
 def main() -> int:

@@ -32,7 +32,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.store import ImageRecord, NewImage, Store, StoreError, atomic_write
+from index.store import ImageRecord, NewImage, Store, StoreError
+from model.files import atomic_write
 
 log = logging.getLogger(__name__)
 

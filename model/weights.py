@@ -14,17 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from model.alexnet import AlexNet, AlexNetConfig
+from model.files import atomic_write
 from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preset
 
 __all__ = [
@@ -115,14 +115,6 @@ def build_model(meta: WeightsMeta, **config: Any) -> Network:
     raise WeightsError(f"unknown architecture {meta.architecture!r}; known: {', '.join(ARCHITECTURES)}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_weights(model: nn.Module, meta: WeightsMeta, path: str | os.PathLike[str]) -> WeightsMeta:
     """Write ``model``'s weights atomically (temp file, fsync, rename); returns meta with its hash."""
     path = Path(path)
@@ -131,19 +123,7 @@ def save_weights(model: nn.Module, meta: WeightsMeta, path: str | os.PathLike[st
     outputs = _num_outputs(tensors, meta.architecture)
     if len(meta.class_names) != outputs:
         raise WeightsError(f"{path}: {len(meta.class_names)} class names for a model with {outputs} outputs")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta.to_metadata())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a weights file is meant to be shared
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, safetensors_bytes(tensors, metadata=meta.to_metadata()))
     return meta
 
 
