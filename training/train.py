@@ -161,8 +161,9 @@ class Trainer:
             workers=cfg.workers,
         )
         self.class_names = self.train_src.class_names
-        eigval, eigvec = pca_stats(self.train_src.pixel_sample())
-        mean, std = _channel_stats(self.train_src.pixel_sample(max_images=2000, seed=1))
+        pixels = self.train_src.pixel_sample()  # one sample of the training set for all colour statistics
+        eigval, eigvec = pca_stats(pixels)
+        mean, std = _channel_stats(pixels)
         self.preset = Preset(
             crop_size=cfg.crop_size,
             resize_size=_resize_for(cfg),
