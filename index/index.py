@@ -34,6 +34,7 @@ import numpy as np
 
 from index.store import ImageRecord, NewImage, Store, StoreError
 from model.files import atomic_write
+from model.vectors import l2_normalise as normalise
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,6 @@ class AddResult:
     created: bool  # False: an exact duplicate (same SHA-256) was already stored
     near_duplicate_of: int | None = None
     near_duplicate_score: float | None = None
-
-
-def normalise(v: np.ndarray) -> np.ndarray:
-    """Rows to unit length in float32; all-zero rows stay zero (never NaN)."""
-    v = np.ascontiguousarray(np.atleast_2d(v), dtype=np.float32).copy()
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    np.divide(v, np.maximum(norms, 1e-12), out=v)
-    return v
 
 
 class _RWLock:

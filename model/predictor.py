@@ -14,9 +14,10 @@ from torch import Tensor
 
 from model.preprocess import eval_transform, ten_crop_transform
 from model.quantize import PRECISIONS, quantize_fc
+from model.vectors import l2_normalise
 from model.weights import Network, WeightsMeta, load_weights
 
-__all__ = ["Prediction", "Predictor", "l2_normalise"]
+__all__ = ["Prediction", "Predictor"]
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,6 @@ class Prediction:
     index: int
     label: str
     probability: float
-
-
-def l2_normalise(v: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit length; an all-zero row stays all zero (never NaN)."""
-    v = np.asarray(v, dtype=np.float32)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return np.divide(v, np.maximum(norms, eps), dtype=np.float32)
 
 
 class Predictor:

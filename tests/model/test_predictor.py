@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model.predictor import Predictor, l2_normalise
+from model.predictor import Predictor
 from model.preprocess import Preset, eval_transform, ten_crop_transform, to_rgb
+from model.vectors import l2_normalise
 
 
 @pytest.fixture(scope="module")
