@@ -56,6 +56,9 @@ def load_state(settings: Settings, metrics: Metrics) -> ServiceState:
             settings.index_dir,
             weights_hash=state.predictor.weights_hash,
             factory=settings.index_factory,
+            auto_threshold=settings.index_auto_threshold,
+            rerank=settings.index_rerank,
+            nprobe=settings.index_nprobe,
             snapshot_every=settings.snapshot_every,
         )
         metrics.index_size.set(len(state.index))

@@ -35,7 +35,12 @@ class Settings(BaseSettings):
     faiss_threads: int = Field(1, ge=0, description="OpenMP threads per FAISS search (0: FAISS's default)")
     decode_threads: int = Field(8, ge=1, description="threads decoding uploads and touching the index")
 
-    index_factory: str = Field("flat", description="FAISS factory string for a new index (flat: exact)")
+    index_factory: str = Field(
+        "auto", description="auto: exact search below index_auto_threshold images, PCA256,IVF,Flat above; flat; or a FAISS factory string"
+    )
+    index_auto_threshold: int = Field(20_000, ge=1, description="collection size at which auto switches to the compressed index")
+    index_rerank: int = Field(100, ge=0, description="candidates of a compressed index re-scored exactly with the stored vectors")
+    index_nprobe: int = Field(0, ge=0, description="inverted lists searched by an IVF index (0: nlist / 64, at least 16)")
     near_duplicate_threshold: float | None = Field(
         None, ge=-1, le=1, description="flag adds whose cosine to a stored image is at least this"
     )

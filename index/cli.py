@@ -18,7 +18,7 @@ def _open(args: argparse.Namespace, *, need_model: bool):
 
     predictor = Predictor(args.weights) if need_model else None
     weights_hash = predictor.weights_hash if predictor else read_meta(args.weights).content_hash
-    index = ImageIndex(args.index, weights_hash=weights_hash, factory=getattr(args, "factory", "flat"))
+    index = ImageIndex(args.index, weights_hash=weights_hash, factory=getattr(args, "factory", None))
     return predictor, index
 
 
@@ -149,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="embed a folder tree or data set (fashion-mnist:test) into the index")
     p.add_argument("source")
     common(p)
-    p.add_argument("--factory", default="flat", help="FAISS factory string, e.g. PCA256,IVF1024,SQ8 or HNSW32 (default exact)")
+    p.add_argument(
+        "--factory",
+        default=None,
+        help="auto (a new index's default: exact below 20,000 vectors, PCA256,IVF<nlist>,Flat above), flat (always exact), "
+        "or a FAISS factory string such as PCA256,IVF1024,Flat or HNSW32; an existing index keeps its own unless given",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int)
     p.add_argument("--data-dir", help="Fashion-MNIST's directory, when not the Debian package's")

@@ -27,6 +27,8 @@ from model.files import atomic_write
 
 log = logging.getLogger(__name__)
 
+QUICK_CHECK_MAX_BYTES = 4 * 2**30
+
 __all__ = ["ImageRecord", "NewImage", "Store", "StoreError"]
 
 SCHEMA = """
@@ -116,9 +118,24 @@ class Store:
                 self._db.execute("PRAGMA synchronous = FULL")  # a commit survives power loss, not only a crash
                 self._db.executescript(SCHEMA)
             self._db.execute("SELECT count(*) FROM images").fetchone()
+            self._check_pages()
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"{self.path}: cannot open the index store ({e})") from e
         self._lock = threading.RLock()  # one connection, used by one thread at a time
+
+    def _check_pages(self) -> None:
+        """``PRAGMA quick_check`` at open (about 1 s per GB), so that a damaged store means not ready
+        instead of errors later; skipped above QUICK_CHECK_MAX_BYTES (``alexnet index stats`` runs a full integrity check)."""
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        if size > QUICK_CHECK_MAX_BYTES:
+            log.info("%s: %.1f GB, skipping the page check at open", self.path, size / 1e9)
+            return
+        result = "; ".join(str(r[0]) for r in self._db.execute("PRAGMA quick_check(5)").fetchall())
+        if result != "ok":
+            raise StoreError(
+                f"{self.path}: the index store is damaged ({result}); restore it from a backup, "
+                "or move it away and rebuild the index with `alexnet index build`"
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -98,6 +98,7 @@ def test_damaged_snapshot_is_rebuilt_from_the_store(tmp_path: Path, damage: str)
     snap.write_bytes(bytes(data))
     with open_index(tmp_path) as idx:
         assert len(idx) == 5 and idx.index.ntotal == 5 and idx.check() == []
+        assert "index.faiss was unusable" in idx.stats()["recovered"]  # named in /readyz
         hit = idx.search(item(3).vector, k=1)[0][0]  # rebuilt from stored unit vectors: still cosine
         assert hit.id == 4 and hit.score == pytest.approx(1.0, abs=1e-5)
 
