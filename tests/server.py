@@ -22,11 +22,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def running_server(env: dict[str, str], *, timeout: float = 120, log: Path | None = None) -> Iterator[str]:
-    """Yield the base URL of ``alexnet serve`` on 127.0.0.1; stop it (SIGTERM) afterwards."""
+def start_server(env: dict[str, str], *, timeout: float = 120, log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``alexnet serve`` on 127.0.0.1 and wait until it answers /healthz: (process, base URL)."""
     port = free_port()
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it; closed here after the start
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.console", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT,
@@ -34,20 +33,30 @@ def running_server(env: dict[str, str], *, timeout: float = 120, log: Path | Non
         stdout=out,
         stderr=subprocess.STDOUT,
     )
+    if log:
+        out.close()  # type: ignore[union-attr]
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}" + (f"; log: {log.read_text()[-2000:]}" if log else ""))
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise TimeoutError(f"server on {base} did not start in {timeout} s")
+        time.sleep(0.2)
+
+
+@contextmanager
+def running_server(env: dict[str, str], *, timeout: float = 120, log: Path | None = None) -> Iterator[str]:
+    """Yield the base URL of ``alexnet serve`` on 127.0.0.1; stop it (SIGTERM) afterwards."""
+    proc, base = start_server(env, timeout=timeout, log=log)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}" + (f"; log: {log.read_text()[-2000:]}" if log else ""))
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server on {base} did not start in {timeout} s")
-            time.sleep(0.2)
         yield base
     finally:
         proc.terminate()
@@ -56,5 +65,3 @@ def running_server(env: dict[str, str], *, timeout: float = 120, log: Path | Non
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if log and out is not subprocess.DEVNULL:
-            out.close()  # type: ignore[union-attr]

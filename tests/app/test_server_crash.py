@@ -1,0 +1,80 @@
+"""kill -9 of a real server while clients add images (RELIABILITY.md 18): after every restart each
+add that was answered 201 is there, with its image, and index, store and files agree."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from index.index import ImageIndex
+from model.weights import read_meta
+from tests.app.conftest import API_KEY, AUTH, image_bytes
+from tests.server import start_server
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_server_loses_no_answered_add(tmp_path: Path, small_weights: Path) -> None:
+    index_dir = tmp_path / "index"
+    env = {
+        "ALEXNET_WEIGHTS": str(small_weights),
+        "ALEXNET_INDEX_DIR": str(index_dir),
+        "ALEXNET_API_KEY": API_KEY,
+        "ALEXNET_SNAPSHOT_EVERY": "5",  # snapshots are written often: kills land inside them too
+        "ALEXNET_TORCH_THREADS": "1",
+    }
+    rng = random.Random(0)
+    answered: dict[int, int] = {}  # id -> seed of the image
+    lock = threading.Lock()
+    seeds = iter(range(10**6))
+    rounds = 5
+    for round_ in range(rounds):
+        proc, base = start_server(env, log=tmp_path / "server.log")
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        with httpx.Client(base_url=base, timeout=10) as c:  # everything answered before is there
+            for image_id in answered:
+                assert c.get(f"/images/{image_id}").status_code == 200, f"answered add {image_id} lost before round {round_}"
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(base_url=base, timeout=10) as c:  # noqa: B023 - this round's server
+                while not stop.is_set():  # noqa: B023
+                    with lock:
+                        seed = next(seeds)
+                    files = [("files", (f"{seed}.png", image_bytes(seed, size=(40, 40)), "image/png"))]
+                    try:
+                        r = c.post("/images", files=files, headers=AUTH)
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    if r.status_code == 201:
+                        with lock:
+                            answered[r.json()["images"][0]["id"]] = seed
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        before = len(answered)
+        deadline = time.monotonic() + 60
+        while len(answered) < before + 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.random() * 0.5)
+        proc.kill()  # SIGKILL, somewhere inside an add, a commit or a snapshot
+        proc.wait()
+        stop.set()
+        for t in threads:
+            t.join(20)
+        assert len(answered) >= before + 5, f"the clients did not get going in round {round_}"
+    weights_hash = read_meta(small_weights).content_hash
+    with ImageIndex(index_dir, weights_hash=weights_hash) as idx:
+        assert idx.check() == []
+        for image_id, seed in answered.items():
+            rec = idx.get(image_id)
+            assert rec is not None and rec.source == f"upload:{seed}.png", f"answered add {image_id} lost"
+            assert (index_dir / rec.file).is_file()
+        assert len({p.name for p in (index_dir / "images").rglob("*") if p.is_file()}) == len(idx)
+    assert len(answered) >= rounds * 5
