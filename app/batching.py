@@ -4,18 +4,37 @@ Each request puts its preprocessed images on a queue and awaits a future. One wo
 takes what is queued, waits at most ``max_wait`` for more (up to ``max_batch`` images),
 runs one forward pass in a worker thread (the event loop never blocks on the network),
 and hands each request its rows of logits and fc7.
+
+Requests announce themselves when they start reading their upload (``announce``). While
+announced requests are still decoding, the worker waits for them up to ``max_wait_busy``:
+with clients that send their next request when the last is answered, half of them would
+otherwise always be one batch behind the other half, and batches would stay half full
+(measured: a mean of 6.9 images per batch with 16 clients, against 13 with this).
+
+With ``exclusive`` (the default on the CPU), decoding and preprocessing wait while a forward
+pass runs (``run_between_forwards``). The forward's OpenMP threads are statically partitioned
+over the cores, so a decoder taking a quarter of one core slowed a batch-16 forward by 19%
+(58 -> 47 images/s, measured here); decoding between forwards instead keeps each pass at full
+speed. The wait is bounded, so a decoder is never starved by back-to-back forwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
+from starlette.concurrency import run_in_threadpool
 from torch import Tensor
+
+T = TypeVar("T")
 
 __all__ = ["BatchStats", "Batcher"]
 
@@ -24,6 +43,20 @@ __all__ = ["BatchStats", "Batcher"]
 class _Job:
     images: Tensor  # (n, 3, S, S)
     future: asyncio.Future[tuple[Tensor, Tensor]]
+
+
+class _Announcement:
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher, self.open = batcher, True
+        batcher._arriving += 1
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.batcher._arriving -= 1
+
+
+_announced: contextvars.ContextVar[_Announcement | None] = contextvars.ContextVar("announced", default=None)
 
 
 @dataclass
@@ -40,11 +73,18 @@ class Batcher:
         *,
         max_batch: int = 16,
         max_wait_s: float = 0.005,
-        on_batch: Callable[[int], None] | None = None,
+        max_wait_busy_s: float = 0.03,
+        exclusive: bool = False,
+        on_batch: Callable[[int, float], None] | None = None,  # (images, seconds) of each forward pass
     ) -> None:
         self.forward = forward
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_wait_busy_s = max(max_wait_busy_s, max_wait_s)
+        self._arriving = 0  # requests announced and not yet submitted
+        self.exclusive = exclusive
+        self._idle = threading.Event()  # set while no forward pass runs
+        self._idle.set()
         self.on_batch = on_batch
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
@@ -71,8 +111,40 @@ class Batcher:
                 job.future.set_exception(RuntimeError("the service is shutting down"))
         self._executor.shutdown(wait=True)
 
+    @asynccontextmanager
+    async def announce(self) -> AsyncIterator[None]:
+        """Around a request's decoding: tells the worker that images are on their way."""
+        a = _Announcement(self)
+        token = _announced.set(a)
+        try:
+            yield
+        finally:
+            a.close()
+            _announced.reset(token)
+
+    def _forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        self._idle.clear()
+        try:
+            return self.forward(batch)
+        finally:
+            self._idle.set()
+
+    async def run_between_forwards(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU work (decoding, preprocessing) in a worker thread, after the running forward pass
+        if ``exclusive`` (waiting at most 1 s)."""
+
+        def gated() -> T:
+            if self.exclusive:
+                self._idle.wait(1.0)
+            return fn(*args, **kwargs)
+
+        return await run_in_threadpool(gated)
+
     async def submit(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Logits (n, classes) and fc7 (n, 4096) for a preprocessed (n, 3, S, S) batch."""
+        a = _announced.get()
+        if a is not None:
+            a.close()  # arrived
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
         future: asyncio.Future[tuple[Tensor, Tensor]] = asyncio.get_running_loop().create_future()
@@ -82,15 +154,21 @@ class Batcher:
     async def _collect(self) -> list[_Job]:
         jobs = [await self._queue.get()]
         count = len(jobs[0].images)
-        deadline = time.monotonic() + self.max_wait_s
+        start = time.monotonic()
         while count < self.max_batch:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                break
-            try:
-                job = await asyncio.wait_for(self._queue.get(), timeout)
-            except TimeoutError:
-                break
+            if not self._queue.empty():
+                job = self._queue.get_nowait()
+            else:
+                elapsed = time.monotonic() - start
+                busy = self._arriving > 0 and elapsed < self.max_wait_busy_s
+                if not busy and elapsed >= self.max_wait_s:
+                    break
+                # while requests are arriving, look again every 2 ms (one may fail to decode and never come)
+                timeout = min(0.002, self.max_wait_busy_s - elapsed) if busy else self.max_wait_s - elapsed
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), max(timeout, 0.0001))
+                except TimeoutError:
+                    continue
             jobs.append(job)
             count += len(job.images)
         return jobs
@@ -103,8 +181,9 @@ class Batcher:
             if not jobs:
                 continue
             batch = torch.cat([j.images for j in jobs])
+            started = time.perf_counter()
             try:
-                logits, fc7 = await loop.run_in_executor(self._executor, self.forward, batch)
+                logits, fc7 = await loop.run_in_executor(self._executor, self._forward, batch)
             except Exception as e:  # hand the error to every waiting request
                 for j in jobs:
                     if not j.future.done():
@@ -113,7 +192,7 @@ class Batcher:
             self.stats.batches += 1
             self.stats.images += len(batch)
             if self.on_batch:
-                self.on_batch(len(batch))
+                self.on_batch(len(batch), time.perf_counter() - started)
             start = 0
             for j in jobs:
                 n = len(j.images)

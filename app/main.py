@@ -83,7 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 state.predictor.forward,
                 max_batch=settings.max_batch,
                 max_wait_s=settings.batch_wait_ms / 1000,
-                on_batch=metrics.batch_size.observe,
+                max_wait_busy_s=settings.batch_wait_busy_ms / 1000,
+                exclusive=settings.exclusive_forward and settings.device == "cpu",
+                on_batch=metrics.observe_batch,
             )
             state.batcher.start()
         app.state.service = state

@@ -22,9 +22,16 @@ class Metrics:
         self.batch_size = Histogram(
             "alexnet_batch_size", "images per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry
         )
+        self.forward_seconds = Histogram(
+            "alexnet_forward_seconds", "time of one batched forward pass", buckets=LATENCY_BUCKETS, registry=self.registry
+        )
         self.queue_depth = Gauge("alexnet_batch_queue_depth", "requests waiting for the batcher", registry=self.registry)
         self.index_size = Gauge("alexnet_index_images", "images in the similarity index", registry=self.registry)
         self.rejected = Counter("alexnet_rejected_uploads", "uploads refused", ["reason"], registry=self.registry)
+
+    def observe_batch(self, images: int, seconds: float) -> None:
+        self.batch_size.observe(images)
+        self.forward_seconds.observe(seconds)
 
 
 class MetricsMiddleware:

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
 
     max_batch: int = Field(16, ge=1, description="images per forward pass")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests to join a batch")
+    batch_wait_busy_ms: float = Field(
+        30.0, ge=0, description="how long it waits while requests it has seen arrive are still decoding (full batches under load)"
+    )
+    exclusive_forward: bool = Field(
+        True, description="on the CPU, decode uploads between forward passes rather than during them (faster on few cores)"
+    )
     torch_threads: int = Field(0, ge=0, description="threads for the forward pass (0: one per core)")
     faiss_threads: int = Field(1, ge=0, description="OpenMP threads per FAISS search (0: FAISS's default)")
     decode_threads: int = Field(8, ge=1, description="threads decoding uploads and touching the index")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import Depends, HTTPException, Request
@@ -18,6 +20,7 @@ from index.index import ImageIndex
 from model.predictor import Predictor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["Ctx", "ServiceState", "get_state"]
 
@@ -49,10 +52,25 @@ class ServiceState:
 
     # -- the network, through the batcher -------------------------------------------------------
 
+    async def cpu_work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Decoding and other CPU work of a request, kept out of the forward passes (see app/batching.py)."""
+        if self.batcher is None:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        return await self.batcher.run_between_forwards(fn, *args, **kwargs)
+
+    @asynccontextmanager
+    async def announced(self) -> AsyncIterator[None]:
+        """Around reading and decoding an upload that will go through ``infer`` (see app/batching.py)."""
+        if self.batcher is None:
+            yield
+            return
+        async with self.batcher.announce():
+            yield
+
     async def infer(self, images: list, *, ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities (n, classes) and L2-normalised-ready fc7 (n, 4096) of PIL images."""
         predictor, batcher = self.require_model()
-        batch = await run_in_threadpool(predictor.preprocess, images, ten_crop)
+        batch = await batcher.run_between_forwards(predictor.preprocess, images, ten_crop)
         if ten_crop:
             n = len(images)
             logits, fc7 = await batcher.submit(batch.flatten(0, 1))

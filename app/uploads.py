@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
@@ -36,9 +38,16 @@ def decode_status(e: DecodeError) -> int:
 
 
 async def read_uploads(
-    request: Request, *, max_files: int, max_fields: int, max_pixels: int, multiple: bool
+    request: Request,
+    *,
+    max_files: int,
+    max_fields: int,
+    max_pixels: int,
+    multiple: bool,
+    run: Callable[..., Awaitable[Any]] = run_in_threadpool,
 ) -> tuple[list[Upload], dict[str, str]]:
-    """The decoded images of fields ``file`` (and ``files`` when ``multiple``), and the text fields."""
+    """The decoded images of fields ``file`` (and ``files`` when ``multiple``), and the text fields.
+    Decoding runs through ``run`` (a worker thread; the service passes ``ServiceState.cpu_work``)."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise HTTPException(
@@ -67,7 +76,7 @@ async def read_uploads(
                 raise HTTPException(400, f"field '{name}' must be a file upload, got a text value")
             data = await part.read()
             try:
-                decoded = await run_in_threadpool(decode_image, data, max_pixels=max_pixels)
+                decoded = await run(decode_image, data, max_pixels=max_pixels)
             except DecodeError as e:
                 label = part.filename or name
                 raise HTTPException(decode_status(e), f"{label}: {e}") from e

@@ -27,8 +27,11 @@ async def classify(
     if k > info.num_classes:
         raise HTTPException(422, f"k must be between 1 and {info.num_classes} (the model's classes), got {k}")
     s = ctx.settings
-    uploads, _ = await read_uploads(request, max_files=s.max_files, max_fields=s.max_fields, max_pixels=s.max_pixels, multiple=True)
-    probs, _ = await ctx.infer([u.decoded.image for u in uploads], ten_crop=ten_crop)
+    async with ctx.announced():
+        uploads, _ = await read_uploads(
+            request, max_files=s.max_files, max_fields=s.max_fields, max_pixels=s.max_pixels, multiple=True, run=ctx.cpu_work
+        )
+        probs, _ = await ctx.infer([u.decoded.image for u in uploads], ten_crop=ten_crop)
     rows = ctx.top_k(probs, k)
     return ClassifyResponse(
         model=info,

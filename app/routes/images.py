@@ -54,13 +54,16 @@ async def add_images(request: Request, ctx: Ctx, _: Authorized) -> AddImagesResp
     """Store images in the index; durable before the answer. The same bytes twice give the same id."""
     index = ctx.require_index()
     s = ctx.settings
-    uploads, fields = await read_uploads(request, max_files=s.max_files, max_fields=s.max_fields, max_pixels=s.max_pixels, multiple=True)
-    label = fields.get("label") or None
-    if label is not None and len(label) > 200:
-        raise HTTPException(422, "label is longer than 200 characters")
-    _probs, fc7 = await ctx.infer([u.decoded.image for u in uploads])
+    async with ctx.announced():
+        uploads, fields = await read_uploads(
+            request, max_files=s.max_files, max_fields=s.max_fields, max_pixels=s.max_pixels, multiple=True, run=ctx.cpu_work
+        )
+        label = fields.get("label") or None
+        if label is not None and len(label) > 200:
+            raise HTTPException(422, "label is longer than 200 characters")
+        _probs, fc7 = await ctx.infer([u.decoded.image for u in uploads])
     vectors = fc7.numpy()
-    encoded = await run_in_threadpool(lambda: [encode_for_store(u.decoded.image) for u in uploads])
+    encoded = await ctx.cpu_work(lambda: [encode_for_store(u.decoded.image) for u in uploads])
     items = [
         NewImage(
             vector=v.copy(),

@@ -36,8 +36,11 @@ async def similar(request: Request, ctx: Ctx, k: int = K, min_score: float | Non
     info = ctx.model_info()
     index = ctx.require_index()
     s = ctx.settings
-    uploads, _ = await read_uploads(request, max_files=1, max_fields=s.max_fields, max_pixels=s.max_pixels, multiple=False)
-    _, fc7 = await ctx.infer([uploads[0].decoded.image])
+    async with ctx.announced():
+        uploads, _ = await read_uploads(
+            request, max_files=1, max_fields=s.max_fields, max_pixels=s.max_pixels, multiple=False, run=ctx.cpu_work
+        )
+        _, fc7 = await ctx.infer([uploads[0].decoded.image])
     hits = await run_in_threadpool(index.search, fc7.numpy(), k, min_score=min_score)
     return SimilarResponse(model=info, count=len(hits[0]), results=_hits(hits[0]))
 
