@@ -45,6 +45,16 @@ def lrn_reference(a: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0
     return out
 
 
+def _inverse_power(d: Tensor, beta: float) -> Tensor:
+    """d ** -beta, in place. For the paper's beta = 0.75 as rsqrt(d) * sqrt(rsqrt(d)): the same
+    value to float rounding, and 3-5x faster than pow on the CPU at batch 1 (pow's exp/log is
+    what costs; at large batches both are bound by memory)."""
+    if beta == 0.75:
+        r = d.rsqrt_()
+        return r.mul_(r.sqrt())
+    return d.pow_(-beta)
+
+
 class _LRNFunction(torch.autograd.Function):
     """Exact LRN with a hand-written backward pass.
 
@@ -58,7 +68,7 @@ class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:  # type: ignore[override]
         d = window_sum(a * a, size).mul_(alpha).add_(k)  # D = k + alpha * S
-        inv = d.pow_(-beta)  # D^-beta (in place: D itself is not needed again)
+        inv = _inverse_power(d, beta)  # D^-beta (in place: D itself is not needed again)
         ctx.save_for_backward(a, inv)
         ctx.params = (size, alpha, beta, k)
         return a * inv
@@ -104,7 +114,7 @@ class LocalResponseNorm(nn.Module):
             out: Tensor = _LRNFunction.apply(x, self.size, self.alpha, self.beta, self.k)
             return out
         d = window_sum(x * x, self.size).mul_(self.alpha).add_(self.k)
-        return x * d.pow_(-self.beta)
+        return x * _inverse_power(d, self.beta)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k} (paper convention: alpha * sum)"
