@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,6 +87,80 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
     return rows
 
 
+def _fmnist_test(predictor: Any, limit: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The Fashion-MNIST test images through the serving preprocessing, in batches of 250, and their labels."""
+    from training.data import fashion_mnist
+
+    src = fashion_mnist(split="test")
+    n = len(src) if limit is None else min(limit, len(src))
+    batches = [torch.stack([predictor._transform(src.pil_image(i)) for i in range(a, min(n, a + 250))]) for a in range(0, n, 250)]
+    return batches, src.labels[:n]
+
+
+def bench_agreement(weights: Path) -> dict[str, Any]:
+    """On the 10,000 Fashion-MNIST test images with the default model: int8 against fp32 (top-1
+    agreement, top-5 overlap, accuracy), and the fp32 serving path against the plain reference
+    (top-5 identical)."""
+    from model.predictor import Predictor
+
+    fp32, int8 = Predictor(weights), Predictor(weights, precision="int8")
+    ref = from_towers(fp32.model).eval()
+    batches, labels = _fmnist_test(fp32)
+    out: dict[str, list[torch.Tensor]] = {"fp32": [], "int8": [], "reference": []}
+    with torch.inference_mode():
+        for b in batches:
+            out["fp32"].append(fp32.forward(b)[0])
+            out["int8"].append(int8.forward(b)[0])
+            out["reference"].append(ref(b))
+    f, i, r = (torch.cat(out[k]) for k in ("fp32", "int8", "reference"))
+    top1, overlap = _agreement(i, f)
+    top5_same = float((f.topk(5, dim=1).indices == r.topk(5, dim=1).indices).all(dim=1).float().mean())
+    return {
+        "images": len(labels),
+        "fp32_top1_acc": float((f.argmax(1) == labels).float().mean()),
+        "int8_top1_acc": float((i.argmax(1) == labels).float().mean()),
+        "int8_top1_agree": top1,
+        "int8_top5_overlap": overlap,
+        "fp32_vs_reference_top5_identical": top5_same,
+    }
+
+
+def bench_extract(weights: Path, n: int = 512, size: int = 224) -> dict[str, Any]:
+    """fc7 extraction end to end over a folder of JPEG files (DataLoader decoding in 2 worker processes,
+    preprocessing, the model), against the model alone on the same preprocessed batches."""
+    import tempfile
+
+    from PIL import Image
+
+    from index.extract import _batches, images_from_source
+    from model.predictor import Predictor
+    from training.data import fashion_mnist
+
+    predictor = Predictor(weights)
+    src = fashion_mnist(split="test")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):  # the test images as a user's folder of JPEG photos of this size
+            src.pil_image(i).convert("RGB").resize((size, size), Image.Resampling.BICUBIC).save(f"{tmp}/{i:05d}.jpg", quality=90)
+        ds = images_from_source(tmp, predictor)
+        start = time.perf_counter()
+        tensors = []
+        for items, _bad in _batches(ds, 64, 2):
+            batch = torch.stack([it.tensor for it in items])
+            predictor.forward(batch)
+            tensors.append(batch)
+        end_to_end = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for batch in tensors:
+        predictor.forward(batch)
+    model_only = n / (time.perf_counter() - start)
+    return {
+        "case": f"{n} JPEG files {size}x{size}, batch 64",
+        "end_to_end_img_s": end_to_end,
+        "model_only_img_s": model_only,
+        "ratio": end_to_end / model_only,
+    }
+
+
 def bench_train_step(crop: int = 64, batch: int = 128) -> dict[str, Any]:
     """One training step at the default recipe's size: the training path vs the eager reference with foreach AdamW."""
     torch.manual_seed(0)
@@ -110,9 +186,19 @@ def bench_train_step(crop: int = 64, batch: int = 128) -> dict[str, Any]:
     }
 
 
-def main() -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", type=Path, default=Path("data/weights/fashion-mnist.safetensors"), help="the default model")
+    args = ap.parse_args(argv if argv is not None else [])
     setup_threads()
     lrn, fwd, train = bench_lrn(), bench_forward(), bench_train_step()
+    agree = extract = None
+    if args.weights.is_file():
+        agree, extract = bench_agreement(args.weights), bench_extract(args.weights)
+    else:
+        print(f"({args.weights} not found: `make run` trains it; int8 agreement and extraction skipped)")
     print("# LRN: model.layers.LocalResponseNorm vs torch.nn.LocalResponseNorm")
     print(table(lrn, ["case", "ours_ms", "reference_ms", "speedup"]))
     print("\n# Forward pass, 224x224, 1000 classes: serving path (fp32; int8 fc) vs the grouped torch.nn reference")
@@ -136,10 +222,15 @@ def main() -> dict[str, Any]:
     )
     print("\n# Training step (fused AdamW, channels_last, folded fc6) vs eager reference (foreach AdamW)")
     print(table([train], ["case", "ours_img_s", "reference_img_s", "speedup"]))
-    return {"machine": machine(), "lrn": lrn, "forward": fwd, "train": train}
+    if agree and extract:
+        print(f"\n# Default model ({args.weights}) on the Fashion-MNIST test set: int8 vs fp32, fp32 vs reference")
+        print(table([agree], list(agree)))
+        print("\n# fc7 extraction over a folder of JPEG files (index/extract.py) vs the model alone")
+        print(table([extract], list(extract)))
+    return {"machine": machine(), "lrn": lrn, "forward": fwd, "train": train, "agreement": agree, "extract": extract}
 
 
 if __name__ == "__main__":
-    result = main()
+    result = main([a for a in sys.argv[1:] if a != "--json"])
     if "--json" in sys.argv:
         print(json.dumps(result, indent=2))
