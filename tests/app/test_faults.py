@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,17 +21,26 @@ from app.main import create_app
 from tests.app.conftest import AUTH, image_bytes, make_settings, upload
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs (needs root and mount permission; skipped elsewhere)."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
+@contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``mnt`` (needs root and mount permission; skipped elsewhere)."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode
+    ):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB filesystem, to fill."""
+    with tmpfs(tmp_path / "fs", "3m") as mnt:
+        yield mnt
 
 
 def state(client: TestClient) -> tuple[int, list[str]]:
@@ -62,15 +72,8 @@ def test_disk_full_during_add_is_507_and_state_stays_consistent(tmp_path: Path, 
 def ro_images(tmp_path: Path) -> Iterator[Path]:
     """An index directory whose images/ is a tmpfs of its own, so that it can be remounted read-only
     while the server runs (SQLite's open database elsewhere in the directory would block that)."""
-    index_dir = tmp_path / "index"
-    mnt = index_dir / "images"
-    mnt.mkdir(parents=True)
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield index_dir
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "index" / "images", "16m"):
+        yield tmp_path / "index"
 
 
 def remount(path: Path, mode: str) -> None:
