@@ -76,6 +76,10 @@ class IndexError_(RuntimeError):
     """The index cannot be opened or used; the message names the directory or file."""
 
 
+class _Cancelled(Exception):
+    """A background rebuild stopped because the index is closing."""
+
+
 class WeightsMismatch(IndexError_):
     """The index holds vectors made by other weights than the ones loaded."""
 
@@ -214,6 +218,8 @@ class ImageIndex:
         self.rerank = rerank  # candidates re-scored exactly (compressed indexes); 0: FAISS's own scores
         self.nprobe = nprobe  # inverted lists searched (0: nlist / 64, at least 16)
         self._rebuild_thread: threading.Thread | None = None
+        self._closing = False  # stops a background rebuild
+        self._failed: str | None = None  # a factory whose background build failed
         self.recovered: str | None = None  # why the snapshot was rebuilt at open, if it was
         self._lock = _RWLock()
         self._tombstones: set[int] = set()  # deleted ids an index type cannot remove (HNSW); filtered out
@@ -351,7 +357,7 @@ class ImageIndex:
             for ids, vecs in self.store.iter_vectors(ids=[i for i in adds if i not in indexed]):
                 self.index.add_with_ids(vecs, ids)
 
-    def _build_from_store(self, factory: str) -> faiss.Index:
+    def _build_from_store(self, factory: str, *, cancellable: bool = False) -> faiss.Index:
         index = _new_faiss(self.dim, factory)
         if not index.is_trained:
             sample = self._training_sample()
@@ -359,6 +365,8 @@ class ImageIndex:
                 return index  # trained on the first build with data
             train_index(index, sample)
         for ids, vecs in self.store.iter_vectors():
+            if cancellable and self._closing:
+                raise _Cancelled
             index.add_with_ids(vecs, ids)
         return index
 
@@ -375,7 +383,7 @@ class ImageIndex:
     def _maybe_rebuild(self) -> None:
         """Start a background rebuild when the wanted factory differs from the one in memory."""
         wanted = self._wanted()
-        if wanted == self.factory or self.readonly or (self._rebuild_thread and self._rebuild_thread.is_alive()):
+        if wanted in (self.factory, self._failed) or self.readonly or (self._rebuild_thread and self._rebuild_thread.is_alive()):
             return
         log.info("index %s: rebuilding as %s (%d vectors) in the background", self.dir, wanted, self.store.count())
         self._rebuild_thread = threading.Thread(target=self._rebuild, args=(wanted,), name="index-rebuild", daemon=True)
@@ -384,7 +392,7 @@ class ImageIndex:
     def _rebuild(self, factory: str) -> None:
         try:
             seq = self.store.last_seq()
-            new = self._build_from_store(factory)  # reads the store only; the old index keeps serving
+            new = self._build_from_store(factory, cancellable=True)  # reads the store only; the old index keeps serving
             with self._lock.write():
                 old = self.index, self.factory, set(self._tombstones)
                 self.index, self.factory = new, factory
@@ -401,7 +409,10 @@ class ImageIndex:
                 except StoreError as e:
                     log.warning("%s", e)
             log.info("index %s: now %s", self.dir, factory)
+        except _Cancelled:
+            log.info("index %s: rebuild as %s stopped by close(); it starts again at the next open", self.dir, factory)
         except Exception:
+            self._failed = factory  # not retried after every add; a reopen tries again
             log.exception("index %s: rebuild as %s failed; the old index goes on serving", self.dir, factory)
 
     def wait_rebuild(self, timeout: float | None = None) -> bool:
@@ -581,6 +592,7 @@ class ImageIndex:
         return problems
 
     def close(self) -> None:
+        self._closing = True  # a background rebuild stops at its next batch; the store has everything
         self.wait_rebuild()
         if not self.readonly and self._changes_since_snapshot:
             try:

@@ -75,11 +75,11 @@ def test_auto_switches_in_the_background_and_keeps_changes_made_meanwhile(
     building, release = threading.Event(), threading.Event()
     real_build = ImageIndex._build_from_store
 
-    def slow_build(self: ImageIndex, factory: str):  # type: ignore[no-untyped-def]
+    def slow_build(self: ImageIndex, factory: str, **kw: bool):  # type: ignore[no-untyped-def]
         if factory != "flat":
             building.set()
             assert release.wait(30)
-        return real_build(self, factory)
+        return real_build(self, factory, **kw)
 
     monkeypatch.setattr(ImageIndex, "_build_from_store", slow_build)
     x = data[:1200]
@@ -112,3 +112,46 @@ def test_a_given_factory_replaces_the_stored_one(tmp_path: Path, data: np.ndarra
         assert idx.wait_rebuild(60)
         assert idx.stats()["factory"] == "PCA8,Flat" and idx.check() == []
         assert idx.search(data[10], k=1)[0][0].id == 11
+
+
+def test_close_stops_a_background_rebuild_and_the_next_open_starts_it_again(
+    tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    building, release = threading.Event(), threading.Event()
+    real_build = ImageIndex._build_from_store
+
+    def slow_build(self: ImageIndex, factory: str, **kw: bool):  # type: ignore[no-untyped-def]
+        if factory != "flat":
+            building.set()
+            assert release.wait(30)
+        return real_build(self, factory, **kw)
+
+    monkeypatch.setattr(ImageIndex, "_build_from_store", slow_build)
+    idx = ImageIndex(tmp_path, weights_hash="a" * 64, dim=D, auto_threshold=1000)
+    fill(idx, data[:1000])
+    assert building.wait(30)
+    threading.Timer(0.2, release.set).start()
+    idx.close()  # returns: the build stops at its first batch instead of finishing and swapping
+    assert not idx._rebuild_thread.is_alive()  # type: ignore[union-attr]
+    release.clear()
+    with ImageIndex(tmp_path, weights_hash="a" * 64, dim=D, auto_threshold=1000) as idx:
+        assert idx.stats()["factory"] == "flat" and idx.check() == []  # the snapshot is still the exact one
+        release.set()
+        assert idx.wait_rebuild(60) and idx.stats()["factory"] == "PCA16,IVF16,Flat" and idx.check() == []
+
+
+def test_a_failing_rebuild_is_not_retried_after_every_add(tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def broken(index: object, sample: np.ndarray) -> None:
+        calls.append(len(sample))
+        raise RuntimeError("training failed")
+
+    monkeypatch.setattr("index.index.train_index", broken)
+    with ImageIndex(tmp_path, weights_hash="a" * 64, dim=D, auto_threshold=1000) as idx:
+        fill(idx, data[:1000])
+        assert idx.wait_rebuild(30)
+        fill(idx, data[1000:1100], start=1000)
+        assert idx.wait_rebuild(30)
+        assert calls == [1000] and idx.stats()["factory"] == "flat"  # tried once; exact search goes on
+        assert idx.search(data[1050], k=1)[0][0].id == 1051 and idx.check() == []
