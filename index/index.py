@@ -59,13 +59,13 @@ AUTO = "auto"
 
 def auto_factory(n: int, threshold: int, dim: int = DEFAULT_DIM) -> str:
     """What ``auto`` uses for n vectors: exact below ``threshold``; then PCA to 256 dimensions (a
-    quarter of smaller ones) and an inverted file of about 4 sqrt(n) lists (a power of two, at most
+    quarter of smaller ones, or of n) and an inverted file of about 4 sqrt(n) lists (a power of two, at most
     65536 and at most n / 39, so that k-means has 39 points per centroid) over fp32 codes."""
     if n < threshold:
         return "flat"
     nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
     nlist = max(1, min(65536, nlist, 2 ** int(math.log2(max(1, n // 39)))))
-    return f"PCA{min(256, max(1, dim // 4))},IVF{nlist},Flat"
+    return f"PCA{max(1, min(256, dim // 4, n // 4))},IVF{nlist},Flat"  # (PCA must have more samples than outputs)
 
 
 def is_exact(factory: str) -> bool:
@@ -165,12 +165,17 @@ def _train_pca(pca: Any, sample: np.ndarray) -> None:
     against 85 s for FAISS's own routine), keeping only the d_out eigenvectors it uses."""
     mean = sample.mean(0, dtype=np.float64).astype(np.float32)
     centred = sample - mean
-    cov = (centred.T @ centred) / max(1, len(sample) - 1)
-    eigenvalues, vectors = np.linalg.eigh(cov)
-    order = np.argsort(eigenvalues)[::-1]
+    if len(sample) < sample.shape[1]:  # fewer samples than dimensions: the SVD of the samples is cheaper
+        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+        eigenvalues, top = singular**2 / max(1, len(sample) - 1), vt[: pca.d_out]
+    else:
+        cov = (centred.T @ centred) / max(1, len(sample) - 1)
+        eigenvalues, vectors = np.linalg.eigh(cov)
+        order = np.argsort(eigenvalues)[::-1]
+        eigenvalues, top = eigenvalues[order], vectors[:, order[: pca.d_out]].T  # rows: eigenvectors
     faiss.copy_array_to_vector(mean, pca.mean)
-    faiss.copy_array_to_vector(np.ascontiguousarray(eigenvalues[order], dtype=np.float32), pca.eigenvalues)
-    top = np.ascontiguousarray(vectors[:, order[: pca.d_out]].T, dtype=np.float32)  # rows: eigenvectors
+    faiss.copy_array_to_vector(np.ascontiguousarray(eigenvalues, dtype=np.float32), pca.eigenvalues)
+    top = np.ascontiguousarray(top, dtype=np.float32)
     faiss.copy_array_to_vector(top.ravel(), pca.PCAMat)
     pca.is_trained = True
     pca.prepare_Ab()

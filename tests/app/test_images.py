@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.app.conftest import API_KEY, AUTH, image_bytes, upload
+from app.main import create_app
+from tests.app.conftest import API_KEY, AUTH, image_bytes, make_settings, upload
 
 
 def add(client: TestClient, seed: int, label: str | None = None) -> int:
@@ -88,3 +91,18 @@ def test_ids_are_validated_and_paths_never_reach_the_filesystem(client: TestClie
     assert client.get("/images/0").status_code == 422
     assert client.get("/images/999999").status_code == 404
     assert client.get("/images/1/meta").status_code == 404
+
+
+def test_the_service_switches_to_the_compressed_index_when_the_gallery_grows(tmp_path: Path, small_weights: Path) -> None:
+    settings = make_settings(tmp_path, small_weights, index_auto_threshold=40)
+    with TestClient(create_app(settings)) as client:
+        for start in range(0, 48, 16):
+            files = [("files", (f"{i}.png", image_bytes(i, size=(40, 40)), "image/png")) for i in range(start, start + 16)]
+            assert client.post("/images", files=files, headers=AUTH).status_code == 201
+        index = client.app.state.service.index
+        assert index.wait_rebuild(60)
+        ready = client.get("/readyz").json()
+        assert ready["index"]["factory"] == "PCA12,IVF1,Flat" and ready["index"]["configured_factory"] == "auto"
+        r = client.post("/similar?k=3", files=upload("q.png", image_bytes(7, size=(40, 40))))
+        best = r.json()["results"][0]
+        assert best["id"] == 8 and best["score"] == pytest.approx(1.0, abs=1e-5)  # exact re-scored cosine
