@@ -40,6 +40,22 @@ def data() -> np.ndarray:
     return fc7_like(3000)
 
 
+@pytest.fixture
+def held_rebuild(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """(building, release): a background build of a compressed index sets ``building`` and waits for ``release``."""
+    building, release = threading.Event(), threading.Event()
+    real_build = ImageIndex._build_from_store
+
+    def held_build(self: ImageIndex, factory: str, **kw: bool):  # type: ignore[no-untyped-def]
+        if factory != "flat":
+            building.set()
+            assert release.wait(30)
+        return real_build(self, factory, **kw)
+
+    monkeypatch.setattr(ImageIndex, "_build_from_store", held_build)
+    return building, release
+
+
 def test_auto_factory_steps() -> None:
     assert auto_factory(19_999, 20_000) == "flat"
     assert auto_factory(20_000, 20_000) == "PCA256,IVF512,Flat"
@@ -70,18 +86,9 @@ def test_pca_ivf_with_rerank_has_exact_recall_and_cosine_scores(tmp_path: Path, 
 
 
 def test_auto_switches_in_the_background_and_keeps_changes_made_meanwhile(
-    tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, data: np.ndarray, held_rebuild: tuple[threading.Event, threading.Event]
 ) -> None:
-    building, release = threading.Event(), threading.Event()
-    real_build = ImageIndex._build_from_store
-
-    def slow_build(self: ImageIndex, factory: str, **kw: bool):  # type: ignore[no-untyped-def]
-        if factory != "flat":
-            building.set()
-            assert release.wait(30)
-        return real_build(self, factory, **kw)
-
-    monkeypatch.setattr(ImageIndex, "_build_from_store", slow_build)
+    building, release = held_rebuild
     x = data[:1200]
     with ImageIndex(tmp_path, weights_hash="a" * 64, dim=D, auto_threshold=1000) as idx:
         fill(idx, x[:1000])  # the 1000th vector starts the rebuild
@@ -115,18 +122,9 @@ def test_a_given_factory_replaces_the_stored_one(tmp_path: Path, data: np.ndarra
 
 
 def test_close_stops_a_background_rebuild_and_the_next_open_starts_it_again(
-    tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, data: np.ndarray, held_rebuild: tuple[threading.Event, threading.Event]
 ) -> None:
-    building, release = threading.Event(), threading.Event()
-    real_build = ImageIndex._build_from_store
-
-    def slow_build(self: ImageIndex, factory: str, **kw: bool):  # type: ignore[no-untyped-def]
-        if factory != "flat":
-            building.set()
-            assert release.wait(30)
-        return real_build(self, factory, **kw)
-
-    monkeypatch.setattr(ImageIndex, "_build_from_store", slow_build)
+    building, release = held_rebuild
     idx = ImageIndex(tmp_path, weights_hash="a" * 64, dim=D, auto_threshold=1000)
     fill(idx, data[:1000])
     assert building.wait(30)
