@@ -25,6 +25,8 @@ def main() -> int:
         results[name] = importlib.import_module(name).main()
         print(f"({time.perf_counter() - start:.0f} s)")
     out = Path(__file__).with_name("results.json")
+    if only and out.is_file():  # a partial run updates its parts and keeps the others
+        results = {**json.loads(out.read_text()), **results}
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out}")
     return 0
