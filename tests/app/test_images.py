@@ -106,3 +106,18 @@ def test_the_service_switches_to_the_compressed_index_when_the_gallery_grows(tmp
         r = client.post("/similar?k=3", files=upload("q.png", image_bytes(7, size=(40, 40))))
         best = r.json()["results"][0]
         assert best["id"] == 8 and best["score"] == pytest.approx(1.0, abs=1e-5)  # exact re-scored cosine
+
+
+def test_an_all_black_image_gives_no_nan_anywhere(client: TestClient) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="PNG")
+    black = buf.getvalue()
+    r = client.post("/classify", files=upload("black.png", black))
+    assert r.status_code == 200 and all(0.0 <= p["probability"] <= 1.0 for p in r.json()["results"][0]["predictions"])
+    add(client, 1)
+    r = client.post("/images", files=upload("black.png", black), headers=AUTH)
+    assert r.status_code == 201
+    black_id = r.json()["images"][0]["id"]
+    for resp in (client.post("/similar?k=5", files=upload("black.png", black)), client.get(f"/similar/{black_id}?k=5")):
+        assert resp.status_code == 200, resp.text  # JSON has no NaN: the response would not even serialise
+        assert all(-1.0 <= h["score"] <= 1.0 for h in resp.json()["results"])
