@@ -1,6 +1,6 @@
 """Search: latency, throughput, memory and recall@10 of exact and compressed FAISS indexes.
 
-    python -m bench.search_bench [--weights W] [--sizes 100000,1000000] [--factory F]
+    python -m bench.search_bench [--weights W] [--sizes 100000,1000000] [--factories 'Flat;auto'] [--rerank 100]
 
 Vectors with real structure: the fc7 vectors of the 70,000 Fashion-MNIST images, made by the
 weights file (cached in data/bench/). Beyond 70,000 the vectors are synthetic, drawn to match
@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 
 from bench.common import machine, percentile, table
-from index.index import auto_factory, normalise, train_index
+from index.index import auto_factory, base_index, default_nprobe, normalise, rescore, train_index
 from index.quality import recall_at_k
 
 CACHE = Path("data/bench")
@@ -145,8 +145,8 @@ class Searcher:
         out = np.full((len(queries), k), -1, dtype=np.int64)
         for j, (q, row) in enumerate(zip(queries, cand, strict=True)):
             ids = np.sort(row[row >= 0])
-            scores = self.vectors[ids] @ q  # reads the candidates' stored vectors
-            out[j, : min(k, len(ids))] = ids[np.argsort(-scores, kind="stable")[:k]]
+            best, _ = rescore(q, ids, self.vectors[ids])  # reads the candidates' stored vectors
+            out[j, : min(k, len(best))] = best[:k]
         return out
 
 
@@ -177,8 +177,7 @@ def bench_size(
         if factory == "Flat" and n > exact_limit:
             continue
         t0 = time.perf_counter()
-        # ImageIndex's choice: exact inner product, or L2 for compressed indexes (the same order on unit vectors)
-        index = faiss.IndexFlatIP(DIM) if factory == "Flat" else faiss.index_factory(DIM, factory, faiss.METRIC_L2)
+        index = base_index(DIM, factory)  # what ImageIndex builds: exact inner product, or L2
         if not index.is_trained:
             sample = np.sort(np.random.default_rng(0).choice(n, min(n, 50_000), replace=False))
             train_index(index, np.ascontiguousarray(x[sample]))
@@ -187,7 +186,7 @@ def bench_size(
         build_s = time.perf_counter() - t0
         if "IVF" in factory:
             ivf = faiss.extract_index_ivf(index)
-            ivf.nprobe = max(16, ivf.nlist // 64)  # ImageIndex's default
+            ivf.nprobe = default_nprobe(ivf.nlist)
         if "HNSW" in factory:
             faiss.downcast_index(index).hnsw.efSearch = 128
         mem = len(faiss.serialize_index(index))

@@ -49,7 +49,19 @@ from model.vectors import l2_normalise as normalise
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AddResult", "Hit", "ImageIndex", "IndexError_", "WeightsMismatch", "auto_factory", "first_pca", "normalise", "train_index"]
+__all__ = [
+    "AddResult",
+    "Hit",
+    "ImageIndex",
+    "IndexError_",
+    "WeightsMismatch",
+    "auto_factory",
+    "base_index",
+    "default_nprobe",
+    "normalise",
+    "rescore",
+    "train_index",
+]
 
 SNAPSHOT = "index.faiss"
 MAGIC = b"ALEXIDX1"
@@ -138,19 +150,33 @@ class _RWLock:
                 self._cond.notify_all()
 
 
-def _new_faiss(dim: int, factory: str) -> faiss.Index:
-    base: faiss.Index
+def base_index(dim: int, factory: str) -> faiss.Index:
+    """The FAISS index for a factory: exact inner product, or L2 for the others (see the module docstring)."""
     if is_exact(factory):
-        base = faiss.IndexFlatIP(dim)
-    else:
-        try:
-            base = faiss.index_factory(dim, factory, faiss.METRIC_L2)  # see the module docstring
-        except RuntimeError as e:
-            raise IndexError_(f"invalid FAISS factory string {factory!r}: {str(e).splitlines()[-1]}") from e
-    return faiss.IndexIDMap2(base)
+        return faiss.IndexFlatIP(dim)
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    except RuntimeError as e:
+        raise IndexError_(f"invalid FAISS factory string {factory!r}: {str(e).splitlines()[-1]}") from e
 
 
-def first_pca(index: faiss.Index) -> Any:
+def _new_faiss(dim: int, factory: str) -> faiss.Index:
+    return faiss.IndexIDMap2(base_index(dim, factory))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Inverted lists searched by default: nlist / 64, at least 16 (recall@10 0.996 at 10^5 and 10^6, bench/RESULTS.md)."""
+    return min(nlist, max(16, nlist // 64))
+
+
+def rescore(query: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates ``ids`` with their unit ``vectors`` (rows), best first by exact cosine to ``query``: (ids, scores)."""
+    scores = vectors @ query
+    order = np.argsort(-scores, kind="stable")
+    return ids[order], scores[order]
+
+
+def _first_pca(index: faiss.Index) -> Any:
     """The PCAMatrix an index applies first (inside the id map), or None."""
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexPreTransform) and inner.chain.size():  # type: ignore[attr-defined]
@@ -183,7 +209,7 @@ def _train_pca(pca: Any, sample: np.ndarray) -> None:
 
 def train_index(index: faiss.Index, sample: np.ndarray) -> None:
     """Train an index built from a factory string on a sample (a leading PCA with numpy's eigh)."""
-    pca = first_pca(index)
+    pca = _first_pca(index)
     if pca is not None and not pca.is_trained and pca.eigen_power == 0 and not pca.random_rotation and pca.balanced_bins == 0:
         if len(sample) <= pca.d_out:
             raise IndexError_(
@@ -381,7 +407,7 @@ class ImageIndex:
             ivf = faiss.extract_index_ivf(self.index)
         except RuntimeError:
             return
-        ivf.nprobe = min(ivf.nlist, self.nprobe or max(16, ivf.nlist // 64))
+        ivf.nprobe = min(ivf.nlist, self.nprobe) if self.nprobe else default_nprobe(ivf.nlist)
 
     # -- switching factories -----------------------------------------------------------------------
 
@@ -530,9 +556,8 @@ class ImageIndex:
             vecs.append(v)
         if not found:
             return []
-        got_ids, scores = np.concatenate(found), np.concatenate(vecs) @ query
-        order = np.argsort(-scores, kind="stable")
-        return [(int(got_ids[j]), float(scores[j])) for j in order]
+        best, scores = rescore(query, np.concatenate(found), np.concatenate(vecs))
+        return [(int(i), float(sc)) for i, sc in zip(best, scores, strict=True)]
 
     def search(
         self, queries: np.ndarray, k: int = 10, *, min_score: float | None = None, exclude: set[int] | None = None

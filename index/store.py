@@ -124,7 +124,7 @@ class Store:
         self._lock = threading.RLock()  # one connection, used by one thread at a time
 
     def _check_pages(self) -> None:
-        """``PRAGMA quick_check`` at open (about 1 s per GB), so that a damaged store means not ready
+        """``PRAGMA quick_check`` at open (it reads every page), so that a damaged store means not ready
         instead of errors later; skipped above QUICK_CHECK_MAX_BYTES (``alexnet index stats`` runs a full integrity check)."""
         size = self.path.stat().st_size if self.path.is_file() else 0
         if size > QUICK_CHECK_MAX_BYTES:
