@@ -7,6 +7,7 @@ Each package owns its commands; nothing is imported until a command needs it, so
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 __all__ = ["COMMANDS", "main"]
@@ -22,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("index.cli", "build, add to, search and inspect a similarity index"),
     "serve": ("app.cli", "start the HTTP service"),
 }
+
+
+# commands that run forward passes; ``serve`` applies the setting itself (app/main.py)
+MODEL_COMMANDS = frozenset({"classify", "train", "evaluate", "index"})
 
 
 def usage() -> str:
@@ -40,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"alexnet: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if command in MODEL_COMMANDS and os.environ.get("ALEXNET_RETAIN_FREED_MEMORY", "true").lower() not in ("0", "false", "no", "off"):
+        from model.runtime import retain_freed_memory
+
+        retain_freed_memory()  # forward passes reuse their memory instead of page-faulting (model/runtime.py)
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(argv))
 

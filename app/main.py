@@ -22,6 +22,7 @@ from app.state import ServiceState
 from index.index import ImageIndex, IndexError_
 from index.store import StoreError
 from model.predictor import Predictor
+from model.runtime import retain_freed_memory
 from model.weights import WeightsError
 
 log = logging.getLogger("app")
@@ -39,6 +40,8 @@ def _size_threads(settings: Settings) -> None:
         pass
     if settings.faiss_threads:
         faiss.omp_set_num_threads(settings.faiss_threads)
+    if settings.retain_freed_memory:
+        retain_freed_memory()
 
 
 def load_state(settings: Settings, metrics: Metrics) -> ServiceState:
