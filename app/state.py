@@ -70,7 +70,8 @@ class ServiceState:
     async def infer(self, images: list, *, ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities (n, classes) and L2-normalised-ready fc7 (n, 4096) of PIL images."""
         predictor, batcher = self.require_model()
-        batch = await batcher.run_between_forwards(predictor.preprocess, images, ten_crop)
+        # uint8 pixels: normalised once per batch inside the forward (Predictor.pixels)
+        batch = await batcher.run_between_forwards(predictor.pixels, images, ten_crop)
         if ten_crop:
             n = len(images)
             logits, fc7 = await batcher.submit(batch.flatten(0, 1))

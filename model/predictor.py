@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from model.preprocess import eval_transform, ten_crop_transform
+from model.preprocess import eval_geometry, eval_transform, normalise_pixels, ten_crop_geometry, ten_crop_transform
 from model.quantize import PRECISIONS, quantize_fc
 from model.vectors import l2_normalise
 from model.weights import Network, WeightsMeta, load_weights
@@ -62,6 +62,8 @@ class Predictor:
         self._input_device = torch.device(device.split(",")[0].strip())
         self._transform = eval_transform(self.meta.preset)
         self._ten_crop = ten_crop_transform(self.meta.preset)
+        self._geometry = eval_geometry(self.meta.preset)
+        self._ten_crop_geometry = ten_crop_geometry(self.meta.preset)
         self._lock = threading.Lock()
 
     @property
@@ -79,13 +81,29 @@ class Predictor:
         t = self._ten_crop if ten_crop else self._transform
         return torch.stack([t(im) for im in images])
 
+    def pixels(self, images: Sequence[Image.Image], ten_crop: bool = False) -> Tensor:
+        """Resized and cropped but not yet normalised: (N, 3, S, S) uint8 in channels_last, or
+        (N, 10, 3, S, S) with ``ten_crop``. ``forward`` normalises a uint8 batch in one pass, which
+        gives the same values as ``preprocess`` at a quarter of the memory and less work per image
+        (the service decodes with this)."""
+        per_image = self._ten_crop_geometry if ten_crop else lambda im: (self._geometry(im),)
+        crops = [c for im in images for c in per_image(im)]
+        s = self.meta.preset.crop_size
+        arr = np.stack([np.asarray(c, dtype=np.uint8) for c in crops]) if crops else np.zeros((0, s, s, 3), np.uint8)
+        t = torch.from_numpy(arr).permute(0, 3, 1, 2)  # (M, 3, S, S) viewing (M, S, S, 3): channels_last
+        return t.unflatten(0, (len(images), 10)) if ten_crop else t
+
     @torch.inference_mode()
     def forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits (N, classes) and fc7 (N, 4096) for a preprocessed batch, in chunks of ``max_batch``."""
+        """Logits (N, classes) and fc7 (N, 4096) for a batch, in chunks of ``max_batch``: normalised
+        float (``preprocess``) or uint8 pixels (``pixels``)."""
         logits, fc7 = [], []
         with self._lock:
             for chunk in batch.split(self.max_batch):
-                x = chunk.to(self._input_device).contiguous(memory_format=torch.channels_last)
+                if chunk.dtype == torch.uint8:
+                    x = normalise_pixels(chunk.to(self._input_device), self.meta.preset)
+                else:
+                    x = chunk.to(self._input_device).contiguous(memory_format=torch.channels_last)
                 lo, f7 = self.model.forward_with_fc7(x)  # type: ignore[operator]
                 logits.append(lo.float().cpu())
                 fc7.append(f7.float().cpu())

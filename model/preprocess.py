@@ -21,7 +21,17 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import v2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preset", "eval_transform", "ten_crop_transform", "to_rgb"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Preset",
+    "eval_geometry",
+    "eval_transform",
+    "normalise_pixels",
+    "ten_crop_geometry",
+    "ten_crop_transform",
+    "to_rgb",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,16 +99,44 @@ def _normalise(preset: Preset) -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(preset.mean), list(preset.std))]
 
 
+def _geometry(preset: Preset) -> list[v2.Transform]:
+    return [v2.Lambda(to_rgb), v2.Resize(preset.resize_size, antialias=True)]
+
+
+def eval_geometry(preset: Preset) -> v2.Compose:
+    """PIL image -> RGB PIL image of (crop, crop): resize the shorter side, centre crop."""
+    return v2.Compose([*_geometry(preset), v2.CenterCrop(preset.crop_size)])
+
+
+def ten_crop_geometry(preset: Preset) -> Callable[[Image.Image], tuple[Image.Image, ...]]:
+    """PIL image -> ten RGB PIL crops: four corners and centre, then their mirrors (section 4.1)."""
+    resize, crop = v2.Compose(_geometry(preset)), v2.TenCrop(preset.crop_size)
+    return lambda image: tuple(crop(resize(image)))
+
+
 def eval_transform(preset: Preset) -> v2.Compose:
     """PIL image -> (3, crop, crop) float tensor: resize shorter side, centre crop, normalise."""
-    return v2.Compose(
-        [v2.Lambda(to_rgb), v2.Resize(preset.resize_size, antialias=True), v2.CenterCrop(preset.crop_size), *_normalise(preset)]
-    )
+    return v2.Compose([*eval_geometry(preset).transforms, *_normalise(preset)])
+
+
+def normalise_pixels(pixels: Tensor, preset: Preset) -> Tensor:
+    """(N, 3, S, S) uint8 -> float32 in channels_last, normalised as ``eval_transform`` does.
+
+    The same operations in the same order as ToDtype(scale=True) and Normalize (x / 255, then
+    minus mean, divided by std), so the values are identical to the last bit; done once for a
+    whole batch instead of per image.
+    """
+    if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"expected a (N, 3, H, W) uint8 tensor, got {tuple(pixels.shape)} {pixels.dtype}")
+    mean = torch.tensor(preset.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(preset.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    x = pixels.to(torch.float32, memory_format=torch.channels_last)
+    return x.mul_(1.0 / 255).sub_(mean).div_(std)
 
 
 def ten_crop_transform(preset: Preset) -> Callable[[Image.Image], Tensor]:
     """PIL image -> (10, 3, crop, crop): four corners and centre, then their mirrors (section 4.1)."""
-    resize = v2.Compose([v2.Lambda(to_rgb), v2.Resize(preset.resize_size, antialias=True)])
+    resize = v2.Compose(_geometry(preset))
     crop = v2.TenCrop(preset.crop_size)
     norm = v2.Compose(_normalise(preset))
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from model.predictor import Predictor
-from model.preprocess import Preset, eval_transform, ten_crop_transform, to_rgb
+from model.preprocess import Preset, eval_transform, normalise_pixels, ten_crop_transform, to_rgb
 from model.vectors import l2_normalise
 
 
@@ -41,6 +41,25 @@ def test_ten_crop_is_corners_centre_and_mirrors() -> None:
     top_right = torch.from_numpy(arr[:4, 4:, 0].astype(np.float32) / 255)
     # crops 5..9 are the same five patches of the mirrored image: the mirror's top-left is top-right
     torch.testing.assert_close(crops[5, 0], top_right.flip(-1))
+
+
+def test_pixels_normalised_in_the_forward_equal_preprocess_to_the_last_bit(predictor: Predictor) -> None:
+    # what the service sends through the batcher (uint8, normalised per batch) against the per-image path
+    images = [_image(1), _image(2, (300, 41)), Image.new("L", (70, 90), 9), _image(3, (64, 64))]
+    pixels, floats = predictor.pixels(images), predictor.preprocess(images)
+    assert pixels.dtype == torch.uint8 and pixels.shape == floats.shape
+    assert pixels.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(normalise_pixels(pixels, predictor.meta.preset), floats)
+    for a, b in zip(predictor.forward(pixels), predictor.forward(floats), strict=True):
+        assert torch.equal(a, b)
+    ten = predictor.pixels(images[:2], ten_crop=True)
+    assert ten.shape == (2, 10, *floats.shape[1:])
+    assert torch.equal(
+        normalise_pixels(ten.flatten(0, 1), predictor.meta.preset), predictor.preprocess(images[:2], ten_crop=True).flatten(0, 1)
+    )
+    assert predictor.pixels([]).shape == (0, *floats.shape[1:])
+    with pytest.raises(ValueError, match="uint8"):
+        normalise_pixels(floats, predictor.meta.preset)
 
 
 def test_modes_become_rgb() -> None:
