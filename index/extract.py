@@ -25,7 +25,7 @@ from index.index import AddResult, ImageIndex
 from index.store import NewImage
 from model.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, encode_for_store
 from model.predictor import Predictor
-from model.preprocess import eval_transform
+from model.preprocess import pixels_transform
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ def images_from_source(
     labels_from_folders: bool = False,
     limit: int | None = None,
 ) -> Dataset[Item | tuple[str, str]]:
-    decoder = _Decoder(eval_transform(predictor.meta.preset), max_pixels)
+    # uint8 pixels: a quarter of the bytes between processes; the forward normalises each batch
+    decoder = _Decoder(pixels_transform(predictor.meta.preset), max_pixels)
     if source.startswith("fashion-mnist"):
         ds: Dataset[Item | tuple[str, str]] = _DataSetDataset(source, decoder, data_dir)
     else:

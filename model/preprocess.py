@@ -28,6 +28,7 @@ __all__ = [
     "eval_geometry",
     "eval_transform",
     "normalise_pixels",
+    "pixels_transform",
     "ten_crop_geometry",
     "ten_crop_transform",
     "to_rgb",
@@ -117,6 +118,16 @@ def ten_crop_geometry(preset: Preset) -> Callable[[Image.Image], tuple[Image.Ima
 def eval_transform(preset: Preset) -> v2.Compose:
     """PIL image -> (3, crop, crop) float tensor: resize shorter side, centre crop, normalise."""
     return v2.Compose([*eval_geometry(preset).transforms, *_normalise(preset)])
+
+
+def _to_pixels(image: Image.Image) -> Tensor:
+    """RGB PIL image -> (3, H, W) uint8 viewing (H, W, 3) memory: channels_last."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def pixels_transform(preset: Preset) -> v2.Compose:
+    """PIL image -> (3, crop, crop) uint8, for ``normalise_pixels`` on the batch (``Predictor.forward``)."""
+    return v2.Compose([*eval_geometry(preset).transforms, v2.Lambda(_to_pixels)])
 
 
 def normalise_pixels(pixels: Tensor, preset: Preset) -> Tensor:

@@ -50,6 +50,11 @@ def test_build_from_folder_skips_non_images_and_stores_reencoded_copies(tmp_path
         stored = idx.image_file(1)
         assert stored is not None and stored.parent.parent == idx_dir / "images"
         assert Image.open(stored).size == (40, 30)
+        # built from uint8 pixels in worker-style decoding, normalised per batch: the same vector as embed()
+        vec = idx.vector(1)
+        assert vec is not None
+        expected = Predictor(small_weights).embed([Image.open(tmp_path / "photos" / "cats" / "0.png")])[0]
+        np.testing.assert_allclose(vec, expected, rtol=0, atol=1e-6)
     r = cli(
         "search", str(tmp_path / "photos" / "dogs" / "1.png"), "-k", "3", "--json", "--weights", str(small_weights), "--index", str(idx_dir)
     )
