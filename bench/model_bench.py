@@ -20,6 +20,7 @@ from bench.reference import from_towers
 from model.alexnet import alexnet
 from model.layers import LocalResponseNorm
 from model.quantize import quantize_fc
+from model.runtime import GLIBC_DEFAULT_THRESHOLD, page_faults, retain_freed_memory
 
 
 def bench_lrn() -> list[dict[str, Any]]:
@@ -50,6 +51,22 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return top1, overlap
 
 
+def _conv_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Conv2d, torch.Tensor]]:
+    """Every convolution of ``model`` with the input it sees in a forward pass of ``x``."""
+    seen: list[tuple[nn.Conv2d, torch.Tensor]] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: seen.append((mod, args[0].clone(memory_format=torch.preserve_format))))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
 def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]]:
     """The serving path (Predictor's model: channels_last, fp32 and int8 fc) against the reference."""
     torch.manual_seed(0)
@@ -66,9 +83,16 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
             got = serving(xc)
             torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
             t_ref = time_call(lambda x=x: ref(x))
+            retain_freed_memory(GLIBC_DEFAULT_THRESHOLD)  # the reference as a plain process runs it
+            t_ref_glibc = time_call(lambda x=x: ref(x))
+            retain_freed_memory()
             t_ours = time_call(lambda x=xc: serving(x))
             t_int8 = time_call(lambda x=xc: int8(x))
             top1, overlap = _agreement(int8(xc), expected)
+            # the serving path's ten convolutions alone, on the inputs they see: no fp32 path can
+            # beat the reference by more than t_ref / t_conv without faster convolutions
+            convs = _conv_inputs(serving, xc)
+            t_conv = time_call(lambda convs=convs: [conv(inp) for conv, inp in convs])
         rows.append(
             {
                 "batch": b,
@@ -76,15 +100,47 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
                 "fp32_img_s": b / median(t_ours),
                 "int8_img_s": b / median(t_int8),
                 "fp32_speedup": median(t_ref) / median(t_ours),
+                "reference_glibc_img_s": b / median(t_ref_glibc),
+                "fp32_vs_plain_process": median(t_ref_glibc) / median(t_ours),
                 "int8_speedup": median(t_ref) / median(t_int8),
                 "reference_p50_ms": 1e3 * median(t_ref),
                 "fp32_p50_ms": 1e3 * median(t_ours),
                 "int8_p50_ms": 1e3 * median(t_int8),
+                "convs_alone_ms": 1e3 * median(t_conv),
+                "fp32_speedup_bound": median(t_ref) / median(t_conv),
                 "int8_top1_agree": top1,
                 "int8_top5_overlap": overlap,
             }
         )
     return rows
+
+
+def bench_allocator(batch: int = 16, rounds: int = 3, passes: int = 5) -> dict[str, Any]:
+    """The fp32 serving path with glibc's default malloc thresholds against retained freed memory
+    (model/runtime.py, the service's default), alternating in one process: time and page faults."""
+    torch.manual_seed(0)
+    net = alexnet(num_classes=1000).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    times: dict[str, list[float]] = {"default": [], "retained": []}
+    faults: dict[str, list[float]] = {"default": [], "retained": []}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for mode, threshold in (("default", GLIBC_DEFAULT_THRESHOLD), ("retained", 1 << 30)):
+                retain_freed_memory(threshold)
+                net(x), net(x)  # settle
+                f0 = page_faults()
+                times[mode] += time_call(lambda: net(x), warmup=0, min_repeats=passes, min_seconds=0)
+                faults[mode].append((page_faults() - f0) / passes)
+    retain_freed_memory()
+    t_def, t_ret = median(times["default"]), median(times["retained"])
+    return {
+        "batch": batch,
+        "glibc_default_img_s": batch / t_def,
+        "retained_img_s": batch / t_ret,
+        "speedup": t_def / t_ret,
+        "glibc_default_faults_per_pass": median(faults["default"]),
+        "retained_faults_per_pass": median(faults["retained"]),
+    }
 
 
 def _fmnist_test(predictor: Any, limit: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -194,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--weights", type=Path, default=Path("data/weights/fashion-mnist.safetensors"), help="the default model")
     args = ap.parse_args(argv if argv is not None else [])
     setup_threads()
+    alloc = bench_allocator()  # leaves freed memory retained, as the service runs, for both paths below
     lrn, fwd, train = bench_lrn(), bench_forward(), bench_train_step()
     agree = extract = None
     if args.weights.is_file():
@@ -213,14 +270,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "int8_img_s",
                 "fp32_speedup",
                 "int8_speedup",
+                "reference_glibc_img_s",
+                "fp32_vs_plain_process",
                 "reference_p50_ms",
                 "fp32_p50_ms",
                 "int8_p50_ms",
+                "convs_alone_ms",
+                "fp32_speedup_bound",
                 "int8_top1_agree",
                 "int8_top5_overlap",
             ],
         )
     )
+    print("(reference_glibc_img_s: the reference with glibc's default malloc thresholds, as a plain process runs it;")
+    print(" fp32_vs_plain_process: the serving path, freed memory retained, against that)")
+    print("(convs_alone_ms: the serving path's ten convolutions by themselves; fp32_speedup_bound: reference / that)")
+    print("\n# Allocator: glibc's default thresholds vs freed memory retained (ALEXNET_RETAIN_FREED_MEMORY), fp32")
+    print(table([alloc], list(alloc)))
     print("\n# Training step (fused AdamW, channels_last, folded fc6) vs eager reference (foreach AdamW)")
     print(table([train], ["case", "ours_img_s", "reference_img_s", "speedup"]))
     if agree and extract:
@@ -228,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(table([agree], list(agree)))
         print("\n# fc7 extraction over a folder of JPEG files (index/extract.py) vs the model alone")
         print(table([extract], list(extract)))
-    return {"machine": machine(), "lrn": lrn, "forward": fwd, "train": train, "agreement": agree, "extract": extract}
+    return {"machine": machine(), "allocator": alloc, "lrn": lrn, "forward": fwd, "train": train, "agreement": agree, "extract": extract}
 
 
 if __name__ == "__main__":

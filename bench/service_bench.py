@@ -128,8 +128,12 @@ def _delta(before: str, after: str, name: str) -> float:
 
 
 def raw_model_throughput(weights: Path, crop: int, batch: int) -> float:
-    """Images/s of the server's own forward (Predictor.forward: channels_last, fp32), without HTTP or decoding."""
+    """Images/s of the server's own forward (Predictor.forward: channels_last, fp32), without HTTP or decoding,
+    with the server's allocator setting (freed memory retained, ALEXNET_RETAIN_FREED_MEMORY)."""
     from model.predictor import Predictor
+    from model.runtime import retain_freed_memory
+
+    retain_freed_memory()
 
     predictor = Predictor(weights)
     x = torch.randn(batch, 3, crop, crop)
