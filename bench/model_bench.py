@@ -19,6 +19,7 @@ from bench.common import machine, median, setup_threads, table, time_call
 from bench.reference import from_towers
 from model.alexnet import alexnet
 from model.layers import LocalResponseNorm
+from model.packed import pack_linears
 from model.quantize import quantize_fc
 from model.runtime import GLIBC_DEFAULT_THRESHOLD, page_faults, retain_freed_memory
 
@@ -73,6 +74,7 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
     net = alexnet(num_classes=1000).eval()
     ref = from_towers(net).eval()
     serving = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    pack_linears(serving, 224)  # as Predictor serves fp32 on the CPU
     int8 = quantize_fc(copy.deepcopy(net)).to(memory_format=torch.channels_last)
     rows = []
     for b in batches:
@@ -120,6 +122,7 @@ def bench_allocator(batch: int = 16, rounds: int = 3, passes: int = 5) -> dict[s
     (model/runtime.py, the service's default), alternating in one process: time and page faults."""
     torch.manual_seed(0)
     net = alexnet(num_classes=1000).eval().to(memory_format=torch.channels_last)
+    pack_linears(net, 224)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     times: dict[str, list[float]] = {"default": [], "retained": []}
     faults: dict[str, list[float]] = {"default": [], "retained": []}
@@ -160,7 +163,7 @@ def bench_agreement(weights: Path) -> dict[str, Any]:
     from model.predictor import Predictor
 
     fp32, int8 = Predictor(weights), Predictor(weights, precision="int8")
-    ref = from_towers(fp32.model).eval()
+    ref = from_towers(Predictor(weights, pack=False).model).eval()
     batches, labels = _fmnist_test(fp32)
     out: dict[str, list[torch.Tensor]] = {"fp32": [], "int8": [], "reference": []}
     with torch.inference_mode():
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"({args.weights} not found: `make run` trains it; int8 agreement and extraction skipped)")
     print("# LRN: model.layers.LocalResponseNorm vs torch.nn.LocalResponseNorm")
     print(table(lrn, ["case", "ours_ms", "reference_ms", "speedup"]))
-    print("\n# Forward pass, 224x224, 1000 classes: serving path (fp32; int8 fc) vs the grouped torch.nn reference")
+    print("\n# Forward pass, 224x224, 1000 classes: serving path (fp32: packed fc; int8: int8 fc) vs the grouped torch.nn reference")
     print(
         table(
             fwd,

@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from model.alexnet import AlexNet
+from model.packed import pack_linears
 from model.preprocess import eval_geometry, eval_transform, normalise_pixels, ten_crop_geometry, ten_crop_transform
 from model.quantize import PRECISIONS, quantize_fc
 from model.vectors import l2_normalise
@@ -36,7 +38,9 @@ class Predictor:
     call (the service's batcher does) to go faster.
     """
 
-    def __init__(self, weights: str | os.PathLike[str], device: str = "cpu", max_batch: int = 64, precision: str = "fp32") -> None:
+    def __init__(
+        self, weights: str | os.PathLike[str], device: str = "cpu", max_batch: int = 64, precision: str = "fp32", pack: bool = True
+    ) -> None:
         model, meta = load_weights(weights, device=device)
         if precision == "int8":
             if device != "cpu":
@@ -46,12 +50,16 @@ class Predictor:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
         self._setup(model, meta, device, max_batch, str(weights))
+        self.packed_layers = 0
+        if precision == "fp32" and device == "cpu" and pack and isinstance(self.model, AlexNet):
+            # oneDNN's packed fc layers: 1.5-2.5x faster than nn.Linear at batches 1-16 (model/packed.py)
+            self.packed_layers = pack_linears(self.model, meta.preset.crop_size)
 
     @classmethod
     def from_model(cls, model: Network, meta: WeightsMeta, device: str = "cpu", max_batch: int = 64) -> Predictor:
         """A Predictor over a network already in memory (e.g. to evaluate before export)."""
         self = cls.__new__(cls)
-        self.precision = "fp32"
+        self.precision, self.packed_layers = "fp32", 0  # the caller's model is left as it is (no packing)
         self._setup(model.eval(), meta, device, max_batch, "<memory>")
         return self
 
