@@ -25,10 +25,14 @@ SCRIPT = textwrap.dedent(
     x = torch.ones(4 * 1024 * 1024)  # 16 MiB, like a batch's activation map
     for _ in range(20):  # first touches, and the heap settling around the interpreter's small blocks
         (x * 2).sum()
-    before = page_faults()
-    for _ in range(10):
+    faults = []
+    for _ in range(21):
+        before = page_faults()
         (x * 2).sum()  # a fresh 16 MiB result, freed at once
-    print(json.dumps({"applied": applied, "faults_per_pass": (page_faults() - before) / 10}))
+        faults.append(page_faults() - before)
+    # the median pass: a pass now and then lands on fresh pages while the heap settles around
+    # the interpreter's own blocks; glibc's thresholds make every pass fault
+    print(json.dumps({"applied": applied, "faults_per_pass": sorted(faults)[10]}))
     """
 )
 
@@ -43,8 +47,7 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
     assert retained["applied"] and default["applied"]
     # 16 MiB is 4096 pages of 4 KiB: glibc's thresholds hand it back and fault it in again each time
     assert default["faults_per_pass"] > 2000, default
-    # at most two of the ten passes land on fresh pages while the heap settles; glibc faults on all ten
-    assert retained["faults_per_pass"] < 1000, retained
+    assert retained["faults_per_pass"] < 100, retained
 
 
 @pytest.mark.parametrize(
