@@ -45,10 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"alexnet: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    if command in MODEL_COMMANDS and os.environ.get("ALEXNET_RETAIN_FREED_MEMORY", "true").lower() not in ("0", "false", "no", "off"):
+    if command in MODEL_COMMANDS:
+        from pydantic import TypeAdapter, ValidationError
+
         from model.runtime import retain_freed_memory
 
-        retain_freed_memory()  # forward passes reuse their memory instead of page-faulting (model/runtime.py)
+        value = os.environ.get("ALEXNET_RETAIN_FREED_MEMORY", "true")
+        try:  # read as the service reads the same setting (app/settings.py)
+            retain = TypeAdapter(bool).validate_python(value)
+        except ValidationError:
+            print(f"alexnet: ALEXNET_RETAIN_FREED_MEMORY must be true or false, got {value!r}", file=sys.stderr)
+            return 2
+        if retain:
+            retain_freed_memory()  # forward passes reuse their memory instead of page-faulting (model/runtime.py)
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(argv))
 

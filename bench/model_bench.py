@@ -19,8 +19,7 @@ from bench.common import machine, median, setup_threads, table, time_call
 from bench.reference import from_towers
 from model.alexnet import alexnet
 from model.layers import LocalResponseNorm
-from model.packed import pack_linears
-from model.quantize import quantize_fc
+from model.predictor import serving_model
 from model.runtime import GLIBC_DEFAULT_THRESHOLD, page_faults, retain_freed_memory
 
 
@@ -73,9 +72,8 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
     torch.manual_seed(0)
     net = alexnet(num_classes=1000).eval()
     ref = from_towers(net).eval()
-    serving = copy.deepcopy(net).to(memory_format=torch.channels_last)
-    pack_linears(serving, 224)  # as Predictor serves fp32 on the CPU
-    int8 = quantize_fc(copy.deepcopy(net)).to(memory_format=torch.channels_last)
+    serving, _ = serving_model(copy.deepcopy(net))  # exactly as Predictor serves fp32 on the CPU
+    int8, _ = serving_model(copy.deepcopy(net), precision="int8")
     rows = []
     for b in batches:
         x = torch.randn(b, 3, 224, 224)
@@ -121,8 +119,7 @@ def bench_allocator(batch: int = 16, rounds: int = 3, passes: int = 5) -> dict[s
     """The fp32 serving path with glibc's default malloc thresholds against retained freed memory
     (model/runtime.py, the service's default), alternating in one process: time and page faults."""
     torch.manual_seed(0)
-    net = alexnet(num_classes=1000).eval().to(memory_format=torch.channels_last)
-    pack_linears(net, 224)
+    net, _ = serving_model(alexnet(num_classes=1000))
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     times: dict[str, list[float]] = {"default": [], "retained": []}
     faults: dict[str, list[float]] = {"default": [], "retained": []}

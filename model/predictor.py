@@ -14,12 +14,32 @@ from torch import Tensor
 
 from model.alexnet import AlexNet
 from model.packed import pack_linears
-from model.preprocess import eval_geometry, eval_transform, normalise_pixels, ten_crop_geometry, ten_crop_transform
+from model.preprocess import eval_geometry, eval_transform, normalise_pixels, stack_pixels, ten_crop_geometry, ten_crop_transform
 from model.quantize import PRECISIONS, quantize_fc
 from model.vectors import l2_normalise
 from model.weights import Network, WeightsMeta, load_weights
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["Prediction", "Predictor", "serving_model"]
+
+
+def serving_model(
+    model: Network, *, precision: str = "fp32", device: str = "cpu", input_size: int = 224, pack: bool = True
+) -> tuple[Network, int]:
+    """A loaded network in eval mode as the Predictor serves it, and how many fc layers were packed:
+    int8 fc layers (CPU), or on the CPU in fp32 oneDNN-packed fc layers (model/packed.py: 1.5-2.5x
+    nn.Linear at batches 1-16); channels_last, which oneDNN and cuDNN run faster. The benchmarks
+    measure exactly this."""
+    packed = 0
+    if precision == "int8":
+        if device != "cpu":
+            raise ValueError("int8 precision runs on the CPU only (device must be 'cpu')")
+        model = quantize_fc(model)
+    elif precision != "fp32":
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    model = model.eval().to(memory_format=torch.channels_last)
+    if precision == "fp32" and device == "cpu" and pack and isinstance(model, AlexNet):
+        packed = pack_linears(model, input_size)
+    return model, packed
 
 
 @dataclass(frozen=True)
@@ -42,31 +62,21 @@ class Predictor:
         self, weights: str | os.PathLike[str], device: str = "cpu", max_batch: int = 64, precision: str = "fp32", pack: bool = True
     ) -> None:
         model, meta = load_weights(weights, device=device)
-        if precision == "int8":
-            if device != "cpu":
-                raise ValueError("int8 precision runs on the CPU only (device must be 'cpu')")
-            model = quantize_fc(model)
-        elif precision != "fp32":
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
+        model, self.packed_layers = serving_model(model, precision=precision, device=device, input_size=meta.preset.crop_size, pack=pack)
         self._setup(model, meta, device, max_batch, str(weights))
-        self.packed_layers = 0
-        if precision == "fp32" and device == "cpu" and pack and isinstance(self.model, AlexNet):
-            # oneDNN's packed fc layers: 1.5-2.5x faster than nn.Linear at batches 1-16 (model/packed.py)
-            self.packed_layers = pack_linears(self.model, meta.preset.crop_size)
 
     @classmethod
     def from_model(cls, model: Network, meta: WeightsMeta, device: str = "cpu", max_batch: int = 64) -> Predictor:
         """A Predictor over a network already in memory (e.g. to evaluate before export)."""
         self = cls.__new__(cls)
-        self.precision, self.packed_layers = "fp32", 0  # the caller's model is left as it is (no packing)
-        self._setup(model.eval(), meta, device, max_batch, "<memory>")
+        self.precision, self.packed_layers = "fp32", 0  # the caller's layers stay as they are (no packing)
+        self._setup(model.eval().to(memory_format=torch.channels_last), meta, device, max_batch, "<memory>")
         return self
 
     def _setup(self, model: Network, meta: WeightsMeta, device: str, max_batch: int, path: str) -> None:
         self.path, self.device, self.max_batch = path, device, max_batch
-        # channels_last: oneDNN (CPU) and cuDNN run these convolutions faster in NHWC
-        self.model, self.meta = model.to(memory_format=torch.channels_last), meta
+        self.model, self.meta = model, meta
         self._input_device = torch.device(device.split(",")[0].strip())
         self._transform = eval_transform(self.meta.preset)
         self._ten_crop = ten_crop_transform(self.meta.preset)
@@ -95,10 +105,7 @@ class Predictor:
         gives the same values as ``preprocess`` at a quarter of the memory and less work per image
         (the service decodes with this)."""
         per_image = self._ten_crop_geometry if ten_crop else lambda im: (self._geometry(im),)
-        crops = [c for im in images for c in per_image(im)]
-        s = self.meta.preset.crop_size
-        arr = np.stack([np.asarray(c, dtype=np.uint8) for c in crops]) if crops else np.zeros((0, s, s, 3), np.uint8)
-        t = torch.from_numpy(arr).permute(0, 3, 1, 2)  # (M, 3, S, S) viewing (M, S, S, 3): channels_last
+        t = stack_pixels([c for im in images for c in per_image(im)], self.meta.preset.crop_size)
         return t.unflatten(0, (len(images), 10)) if ten_crop else t
 
     @torch.inference_mode()

@@ -11,7 +11,7 @@ ten 224x224 patches, four corners and centre, and their horizontal reflections).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "eval_transform",
     "normalise_pixels",
     "pixels_transform",
+    "stack_pixels",
     "ten_crop_geometry",
     "ten_crop_transform",
     "to_rgb",
@@ -120,9 +121,15 @@ def eval_transform(preset: Preset) -> v2.Compose:
     return v2.Compose([*eval_geometry(preset).transforms, *_normalise(preset)])
 
 
+def stack_pixels(crops: Sequence[Image.Image], size: int = 0) -> Tensor:
+    """RGB PIL crops of one size -> (M, 3, H, W) uint8 viewing (M, H, W, 3) memory: channels_last,
+    in one copy. ``size`` gives the shape of an empty result."""
+    arr = np.stack([np.asarray(c, dtype=np.uint8) for c in crops]) if crops else np.zeros((0, size, size, 3), np.uint8)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+
 def _to_pixels(image: Image.Image) -> Tensor:
-    """RGB PIL image -> (3, H, W) uint8 viewing (H, W, 3) memory: channels_last."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    return stack_pixels([image])[0]
 
 
 def pixels_transform(preset: Preset) -> v2.Compose:

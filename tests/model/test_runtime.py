@@ -52,7 +52,14 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
 
 @pytest.mark.parametrize(
     ("argv", "env", "applied"),
-    [(["classify"], None, True), (["index"], None, True), (["info"], None, False), (["classify"], "false", False)],
+    [
+        (["classify"], None, True),
+        (["index"], None, True),
+        (["info"], None, False),
+        (["classify"], "false", False),
+        (["train"], "off", False),
+        (["evaluate"], "1", True),
+    ],
 )
 def test_console_applies_it_for_model_commands(monkeypatch: pytest.MonkeyPatch, argv: list[str], env: str | None, applied: bool) -> None:
     import types
@@ -69,3 +76,11 @@ def test_console_applies_it_for_model_commands(monkeypatch: pytest.MonkeyPatch, 
         monkeypatch.setenv("ALEXNET_RETAIN_FREED_MEMORY", env)
     assert console.main(argv) == 0
     assert calls == ([1] if applied else [])
+
+
+def test_console_refuses_a_setting_it_cannot_read(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from app import console
+
+    monkeypatch.setenv("ALEXNET_RETAIN_FREED_MEMORY", "sometimes")
+    assert console.main(["classify"]) == 2
+    assert "ALEXNET_RETAIN_FREED_MEMORY must be true or false" in capsys.readouterr().err
