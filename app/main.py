@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from app.routes import classify, health, images, similar, web
 from app.settings import Settings, get_settings
 from app.state import ServiceState
 from index.index import ImageIndex, IndexError_
-from index.store import StoreError
+from index.store import StoreError, StoreUnavailable
 from model.predictor import Predictor
 from model.runtime import retain_freed_memory
 from model.weights import WeightsError
@@ -54,8 +55,17 @@ def load_state(settings: Settings, metrics: Metrics) -> ServiceState:
         state.problems.append(f"weights {settings.weights}: {e}")
         log.error("cannot load weights: %s", e)
         return state
+    state.index_retryable = open_index(state)
+    return state
+
+
+def open_index(state: ServiceState) -> bool:
+    """Open the gallery's index; on failure record why (``state.index_problem``). True when it may work later
+    (the store could not be reached), so that the lifespan tries again."""
+    settings = state.settings
+    assert state.predictor is not None
     try:
-        state.index = ImageIndex(
+        index = ImageIndex(
             settings.index_dir,
             weights_hash=state.predictor.weights_hash,
             factory=settings.index_factory,
@@ -63,12 +73,27 @@ def load_state(settings: Settings, metrics: Metrics) -> ServiceState:
             rerank=settings.index_rerank,
             nprobe=settings.index_nprobe,
             snapshot_every=settings.snapshot_every,
+            store_url=settings.store_url.get_secret_value() if settings.store_url else None,
+            follow_interval=settings.follow_interval_s,
         )
-        metrics.index_size.set(len(state.index))
     except (IndexError_, StoreError, OSError, ValueError) as e:
-        state.problems.append(f"index {settings.index_dir}: {e}")
-        log.error("cannot open the index: %s", e)
-    return state
+        if state.index_problem is None:
+            log.error("cannot open the index: %s", e)
+        state.index_problem = f"index {settings.index_dir}: {e}"
+        return isinstance(e, StoreUnavailable)
+    state.index, state.index_problem = index, None
+    state.metrics.index_size.set(len(index))
+    return False
+
+
+async def retry_open_index(state: ServiceState, every_s: float = 2.0) -> None:
+    """While the store cannot be reached at start, try again until it can (the service starts not ready)."""
+    while state.index is None:
+        await anyio.sleep(every_s)
+        if not await anyio.to_thread.run_sync(open_index, state):
+            if state.index is not None:
+                log.info("index open: %s", state.settings.index_dir)
+            return
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -81,6 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # decoding uploads and index calls run in this pool; bounded so that a burst cannot start hundreds of decoders
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.decode_threads
         state = load_state(settings, metrics)
+        retry = None
+        if state.index is None and state.index_retryable:
+            retry = asyncio.get_running_loop().create_task(retry_open_index(state))
         if state.predictor is not None:
             state.batcher = Batcher(
                 state.predictor.forward,
@@ -92,8 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             state.batcher.start()
         app.state.service = state
-        if state.problems:
-            log.error("not ready: %s", "; ".join(state.problems))
+        if state.all_problems():
+            log.error("not ready: %s", "; ".join(state.all_problems()))
         else:
             log.info(
                 "ready: %s (%s), index %s with %d images",
@@ -105,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if retry is not None:
+                retry.cancel()
             if state.batcher:
                 await state.batcher.stop()
             if state.index:
@@ -122,6 +152,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         msgs = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return JSONResponse({"detail": msgs or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"the gallery's store cannot be reached: {exc}"}, status_code=503, headers={"Retry-After": "2"})
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from index.index import ImageIndex
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -28,6 +32,22 @@ class Metrics:
         self.queue_depth = Gauge("alexnet_batch_queue_depth", "requests waiting for the batcher", registry=self.registry)
         self.index_size = Gauge("alexnet_index_images", "images in the similarity index", registry=self.registry)
         self.rejected = Counter("alexnet_rejected_uploads", "uploads refused", ["reason"], registry=self.registry)
+        self.applied_change = Gauge(
+            "alexnet_index_applied_change", "the last change of the store's log this process's FAISS index holds", registry=self.registry
+        )
+        self.follow_lag = Gauge(
+            "alexnet_index_follow_lag_seconds",
+            "seconds since this process's index was last known current with the store (changes older than that are applied)",
+            registry=self.registry,
+        )
+        self.store_reachable = Gauge("alexnet_store_reachable", "1 while the index can read the store's change log", registry=self.registry)
+
+    def observe_index(self, index: ImageIndex) -> None:
+        status = index.follow_status()
+        self.index_size.set(len(index))
+        self.applied_change.set(status["applied_change"])
+        self.follow_lag.set(status["seconds_since_sync"])
+        self.store_reachable.set(0 if status.get("store_error") else 1)
 
     def observe_batch(self, images: int, seconds: float) -> None:
         self.batch_size.observe(images)

@@ -17,7 +17,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALEXNET_", env_file=".env", extra="ignore")
 
     weights: Path = Field(Path("data/weights/fashion-mnist.safetensors"), description="weights file to serve")
-    index_dir: Path = Field(Path("data/index"), description="index directory (created empty if missing)")
+    index_dir: Path = Field(
+        Path("data/index"), description="index directory (created empty if missing): the SQLite store, or only the FAISS snapshot with store_url"
+    )
+    store_url: SecretStr | None = Field(
+        None, description="postgresql://USER:PASSWORD@HOST:PORT/DB: the gallery lives in PostgreSQL, shared by replicas; unset: SQLite in index_dir"
+    )
+    follow_interval_s: float = Field(
+        0.2, gt=0, le=60, description="how often the index looks for changes other processes made (PostgreSQL also wakes it on NOTIFY)"
+    )
+    max_follow_lag_s: float = Field(
+        10.0, gt=0, description="/readyz reports the index as behind when it has not been current with the store for this long"
+    )
     api_key: SecretStr | None = Field(None, description="key for POST/DELETE /images; unset: those endpoints answer 403")
     device: str = Field("cpu", description="cpu, cuda:0, or cuda:0,cuda:1 (two towers)")
     precision: Literal["fp32", "int8"] = Field("fp32", description="int8: the fc layers run with int8 weights (CPU)")

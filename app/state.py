@@ -33,17 +33,22 @@ class ServiceState:
     index: ImageIndex | None = None
     batcher: Batcher | None = None
     problems: list[str] = field(default_factory=list)
+    index_problem: str | None = None  # why the index is not open
+    index_retryable: bool = False  # the store could not be reached: app.main.retry_open_index tries again
+
+    def all_problems(self) -> list[str]:
+        return self.problems + ([self.index_problem] if self.index_problem else [])
 
     # -- readiness -------------------------------------------------------------------------
 
     def require_model(self) -> tuple[Predictor, Batcher]:
         if self.predictor is None or self.batcher is None:
-            raise HTTPException(503, f"model not loaded: {'; '.join(self.problems) or 'starting'}")
+            raise HTTPException(503, f"model not loaded: {'; '.join(self.all_problems()) or 'starting'}")
         return self.predictor, self.batcher
 
     def require_index(self) -> ImageIndex:
         if self.index is None:
-            raise HTTPException(503, f"index not available: {'; '.join(self.problems) or 'starting'}")
+            raise HTTPException(503, f"index not available: {'; '.join(self.all_problems()) or 'starting'}", headers={"Retry-After": "5"})
         return self.index
 
     def model_info(self) -> ModelInfo:

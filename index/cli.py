@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def _open(args: argparse.Namespace, *, need_model: bool):
 
     predictor = Predictor(args.weights) if need_model else None
     weights_hash = predictor.weights_hash if predictor else read_meta(args.weights).content_hash
-    index = ImageIndex(args.index, weights_hash=weights_hash, factory=getattr(args, "factory", None))
+    index = ImageIndex(args.index, weights_hash=weights_hash, factory=getattr(args, "factory", None), store_url=args.store_url)
     return predictor, index
 
 
@@ -85,17 +86,17 @@ def _remove(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from index.index import ImageIndex
 
-    with ImageIndex(args.index, weights_hash=_stored_hash(args.index), readonly=True) as index:
+    with ImageIndex(args.index, weights_hash=_stored_hash(args), readonly=True, store_url=args.store_url) as index:
         stats = index.stats()
         stats["problems"] = index.check()
     print(json.dumps(stats, indent=2))
     return 0 if not stats["problems"] else 1
 
 
-def _stored_hash(directory: Path) -> str:
-    from index.store import Store
+def _stored_hash(args: argparse.Namespace) -> str:
+    from index.store import open_store
 
-    store = Store(directory, readonly=True)
+    store = open_store(args.index, args.store_url, readonly=True)
     try:
         return store.get_meta("weights_hash") or ""
     finally:
@@ -110,10 +111,12 @@ def _search(args: argparse.Namespace) -> int:
         image = decode_image(Path(args.image).read_bytes()).image
         hits = index.search(predictor.embed([image]), k=args.k)[0]
     if args.json:
-        print(json.dumps([{"id": h.id, "score": h.score, "label": h.record.label, "source": h.record.source} for h in hits], indent=2))
+        rows = [{"id": h.id, "score": h.score, "label": h.record and h.record.label, "source": h.record and h.record.source} for h in hits]
+        print(json.dumps(rows, indent=2))
     else:
         for h in hits:
-            print(f"{h.score:7.4f}  id {h.id:<8} {h.record.label or '-':<14} {h.record.source}")
+            label, source = (h.record.label, h.record.source) if h.record else (None, None)
+            print(f"{h.score:7.4f}  id {h.id:<8} {label or '-':<14} {source}")
     return 0
 
 
@@ -121,9 +124,9 @@ def _eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from index.quality import precision_at_k
-    from index.store import Store
+    from index.store import open_store
 
-    store = Store(args.index, readonly=True)
+    store = open_store(args.index, args.store_url, readonly=True)
     ids, vecs = zip(*store.iter_vectors(), strict=True) if store.count() else ((), ())
     records = store.get_many([int(i) for chunk in ids for i in chunk])
     store.close()
@@ -144,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, weights: bool = True) -> None:
         if weights:
             p.add_argument("--weights", type=Path, required=True, help="weights file whose fc7 vectors the index holds")
-        p.add_argument("--index", type=Path, required=True, help="index directory")
+        p.add_argument("--index", type=Path, required=True, help="index directory (the SQLite store and the FAISS snapshot)")
+        p.add_argument(
+            "--store-url",
+            default=os.environ.get("ALEXNET_STORE_URL") or None,
+            help="postgresql://USER:PASSWORD@HOST:PORT/DB when the gallery lives in PostgreSQL (default: ALEXNET_STORE_URL; unset: SQLite)",
+        )
 
     p = sub.add_parser("build", help="embed a folder tree or data set (fashion-mnist:test) into the index")
     p.add_argument("source")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from app.schemas import Health, Readiness
 from app.state import Ctx
@@ -18,12 +19,19 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(ctx: Ctx) -> Response:
-    """Model and index loaded and consistent with each other (503 with the reason otherwise)."""
-    if ctx.problems or ctx.predictor is None or ctx.index is None:
-        body = Readiness(status="not ready", detail="; ".join(ctx.problems) or "starting")
+    """Model and index loaded and consistent with each other (503 with the reason otherwise). "degraded" (200):
+    the index serves searches but cannot follow the store (it is out of reach, or the index has fallen behind)."""
+    if ctx.all_problems() or ctx.predictor is None or ctx.index is None:
+        body = Readiness(status="not ready", detail="; ".join(ctx.all_problems()) or "starting")
         return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
-    stats = ctx.index.stats()
-    return JSONResponse(Readiness(status="ready", model=ctx.model_info(), index=stats).model_dump(exclude_none=True))
+    stats = await run_in_threadpool(ctx.index.stats)
+    status, detail = "ready", None
+    if stats.get("store_error"):
+        status, detail = "degraded", f"searching the index as of change {stats['applied_change']}; adds answer 503: {stats['store_error']}"
+    elif stats["following"] and stats["seconds_since_sync"] > ctx.settings.max_follow_lag_s:
+        status, detail = "degraded", f"the index has not been current with the store for {stats['seconds_since_sync']:.0f} s"
+    body = Readiness(status=status, model=ctx.model_info(), index=stats, detail=detail)
+    return JSONResponse(body.model_dump(exclude_none=True))
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
@@ -32,5 +40,5 @@ async def metrics(ctx: Ctx) -> Response:
     if ctx.batcher:
         ctx.metrics.queue_depth.set(ctx.batcher.queue_depth)
     if ctx.index:
-        ctx.metrics.index_size.set(len(ctx.index))
+        ctx.metrics.observe_index(ctx.index)
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -4,13 +4,13 @@ import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app.schemas import AddedImage, AddImagesResponse, DeleteResponse, ErrorResponse, ImageMeta
 from app.state import Ctx, ServiceState, get_state
 from app.uploads import multipart_body, read_uploads
-from index.store import NewImage, StoreError
+from index.store import NewImage, StoreError, StoreUnavailable
 from model.decode import encode_for_store
 
 router = APIRouter(tags=["images"])
@@ -79,6 +79,8 @@ async def add_images(request: Request, ctx: Ctx, _: Authorized) -> AddImagesResp
     ]
     try:
         results = await run_in_threadpool(index.add, items, near_duplicate_threshold=s.near_duplicate_threshold)
+    except StoreUnavailable as e:
+        raise HTTPException(503, f"the gallery's store cannot be reached, nothing was added; try again: {e}", headers={"Retry-After": "2"}) from e
     except StoreError as e:
         raise HTTPException(507, f"could not store the images (nothing was added): {e}") from e
     ctx.metrics.index_size.set(len(index))
@@ -102,6 +104,9 @@ async def delete_image(image_id: ImageId, ctx: Ctx, _: Authorized) -> DeleteResp
     index = ctx.require_index()
     try:
         rec = await run_in_threadpool(index.delete, image_id)
+    except StoreUnavailable as e:
+        raise HTTPException(503, f"the gallery's store cannot be reached, image {image_id} is still stored; try again: {e}",
+                            headers={"Retry-After": "2"}) from e  # fmt: skip
     except StoreError as e:
         raise HTTPException(507, f"could not delete image {image_id} (it is still stored): {e}") from e
     if rec is None:
@@ -110,15 +115,16 @@ async def delete_image(image_id: ImageId, ctx: Ctx, _: Authorized) -> DeleteResp
     return DeleteResponse(id=image_id, deleted=True)
 
 
-@router.get("/images/{image_id}", response_class=FileResponse, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERRORS})
-async def get_image(image_id: ImageId, ctx: Ctx) -> FileResponse:
+@router.get("/images/{image_id}", response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERRORS})
+async def get_image(image_id: ImageId, ctx: Ctx) -> Response:
     """The stored, re-encoded image (never the uploaded bytes)."""
     index = ctx.require_index()
-    path = await run_in_threadpool(index.image_file, image_id)
-    if path is None or not path.is_file():
+    found = await run_in_threadpool(index.image_data, image_id)
+    if found is None:
         raise HTTPException(404, f"no image with id {image_id}")
-    media = "image/png" if path.suffix == ".png" else "image/jpeg"
-    return FileResponse(path, media_type=media, headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
+    data, suffix = found
+    media = "image/png" if suffix == ".png" else "image/jpeg"
+    return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
 
 
 @router.get("/images/{image_id}/meta", response_model=ImageMeta, responses=ERRORS)

@@ -21,8 +21,8 @@ def _hits(hits: list[Hit]) -> list[SimilarHit]:
         SimilarHit(
             id=h.id,
             score=h.score,
-            label=h.record.label,
-            source=h.record.source,
+            label=h.record.label if h.record else None,  # (None while the store cannot be reached)
+            source=h.record.source if h.record else None,
             image_url=f"/images/{h.id}",
             meta_url=f"/images/{h.id}/meta",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -47,9 +48,10 @@ def test_build_from_folder_skips_non_images_and_stores_reencoded_copies(tmp_path
     with ImageIndex(idx_dir, weights_hash=Predictor(small_weights).weights_hash) as idx:
         rec = idx.get(1)
         assert rec is not None and rec.label == "cats" and rec.source.endswith("cats/0.png")
-        stored = idx.image_file(1)
-        assert stored is not None and stored.parent.parent == idx_dir / "images"
-        assert Image.open(stored).size == (40, 30)
+        assert (idx_dir / rec.file).parent.parent == idx_dir / "images"
+        stored = idx.image_data(1)
+        assert stored is not None and stored[1] == ".png"
+        assert Image.open(io.BytesIO(stored[0])).size == (40, 30)
         # built from uint8 pixels in worker-style decoding, normalised per batch: the same vector as embed()
         vec = idx.vector(1)
         assert vec is not None

@@ -128,7 +128,7 @@ def test_compressed_factories_with_deletes(tmp_path: Path, factory: str) -> None
 
 
 def test_failed_write_leaves_store_index_and_files_agreeing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import index.store as store_mod
+    import index.sqlite_store as store_mod
 
     with open_index(tmp_path) as idx:
         idx.add([item(i) for i in range(3)])

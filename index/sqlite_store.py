@@ -1,0 +1,357 @@
+"""The embedded store: ``store.sqlite`` (WAL) and ``images/`` in the index directory.
+
+Several processes on one machine share it (service workers, the CLI): every write is one
+``BEGIN IMMEDIATE`` transaction, which takes SQLite's write lock, so writers run one at a time
+across processes and change numbers follow commit order. Image files are content-addressed by
+the SHA-256 of the uploaded bytes and are written (temp file, fsync, rename) inside that
+transaction, before the row that names them commits: a crash can leave an orphan file (removed
+by ``cleanup``), never a row without its file. A delete renames the file aside inside its
+transaction and removes it after the commit (or renames it back if the commit fails), so a
+concurrent add of the same bytes in another process never loses its file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.store import SCHEMA_VERSION, AddOutcome, ImageRecord, NewImage, Store, StoreError, StoreUnavailable
+from model.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SQLiteStore"]
+
+QUICK_CHECK_MAX_BYTES = 4 * 2**30
+BUSY_TIMEOUT_S = 10  # how long a writer waits for another process's transaction before giving up (503)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256 TEXT NOT NULL UNIQUE,
+    source TEXT,
+    label TEXT,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL CHECK (op IN ('add', 'delete')),
+    image_id INTEGER NOT NULL
+);
+"""
+# AUTOINCREMENT: ids and change numbers are never reused, even after the newest row is deleted.
+
+
+def _failure(e: BaseException, what: str) -> StoreError:
+    """``StoreUnavailable`` for a lock held too long by another process (worth a retry), else ``StoreError``."""
+    text = str(e).lower()
+    if isinstance(e, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return StoreUnavailable(f"{what}: the store is busy ({e}); try again")
+    return StoreError(f"{what} ({e})")
+
+
+class SQLiteStore(Store):
+    """SQLite store plus the ``images/`` directory, under one index directory."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        super().__init__()
+        self.dir = Path(directory)
+        self.images_dir = self.dir / "images"
+        self.path = self.dir / "store.sqlite"
+        self.location = str(self.path)
+        self.readonly = readonly
+        try:
+            if not readonly:
+                self.images_dir.mkdir(parents=True, exist_ok=True)
+            elif not self.path.is_file():
+                raise StoreError(f"{self.path}: no store here")
+            uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")  # readers in other processes never block the writer
+                self._db.execute("PRAGMA synchronous = FULL")  # a commit survives power loss, not only a crash
+                self._migrate()
+            self._db.execute("SELECT count(*) FROM images").fetchone()
+            self._check_pages()
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"{self.path}: cannot open the index store ({e})") from e
+        self._lock = threading.RLock()  # one connection, used by one thread at a time
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older one up to SCHEMA_VERSION (``PRAGMA user_version``)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema version {version} is newer than this program's {SCHEMA_VERSION}; upgrade it")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            # version 0 -> 1: the same tables, unversioned (stores made before the change log was followed)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _check_pages(self) -> None:
+        """``PRAGMA quick_check`` at open (it reads every page), so that a damaged store means not ready
+        instead of errors later; skipped above QUICK_CHECK_MAX_BYTES (``alexnet index stats`` runs it always)."""
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        if size > QUICK_CHECK_MAX_BYTES:
+            log.info("%s: %.1f GB, skipping the page check at open", self.path, size / 1e9)
+            return
+        result = "; ".join(str(r[0]) for r in self._db.execute("PRAGMA quick_check(5)").fetchall())
+        if result != "ok":
+            raise StoreError(
+                f"{self.path}: the index store is damaged ({result}); restore it from a backup, "
+                "or move it away and rebuild the index with `alexnet index build`"
+            )
+
+    def close(self) -> None:
+        self.wake()
+        with self._lock:
+            self._db.close()
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._query("SELECT value FROM meta WHERE key = ?", (key,), one=True)
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction("cannot write metadata") as tx:
+            tx.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def init_meta(self, values: dict[str, str]) -> None:
+        with self._transaction("cannot write metadata") as tx:
+            tx.db.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", list(values.items()))
+
+    # -- transactions and queries -------------------------------------------------------------
+
+    class _Tx:
+        """``with store._transaction(what) as tx``: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an error.
+        ``tx.undo`` holds what to reverse on disk before the rollback releases the lock."""
+
+        def __init__(self, store: SQLiteStore, what: str) -> None:
+            self.store, self.what = store, what
+            self.db = store._db
+            self.undo: list[Callable[[], None]] = []
+
+        def __enter__(self) -> SQLiteStore._Tx:
+            self.store._lock.acquire()
+            try:
+                self.db.execute("BEGIN IMMEDIATE")  # the write lock, across processes
+            except sqlite3.Error as e:
+                self.store._lock.release()
+                raise _failure(e, f"{self.store.path}: {self.what}") from e
+            return self
+
+        def _rollback(self) -> None:
+            for fn in reversed(self.undo):
+                try:
+                    fn()
+                except OSError as e:
+                    log.warning("%s: could not undo a file change: %s", self.store.path, e)
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+        def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+            try:
+                if exc_type is None:
+                    try:
+                        self.db.execute("COMMIT")
+                    except sqlite3.Error as e:
+                        self._rollback()
+                        raise _failure(e, f"{self.store.path}: {self.what}: commit failed") from e
+                else:
+                    self._rollback()
+                    if isinstance(exc, (sqlite3.Error, OSError)):
+                        raise _failure(exc, f"{self.store.path}: {self.what}") from exc
+            finally:
+                self.store._lock.release()
+
+    def _transaction(self, what: str) -> SQLiteStore._Tx:
+        if self.readonly:
+            raise StoreError(f"{self.path}: the store is open read-only")
+        return SQLiteStore._Tx(self, what)
+
+    def _query(self, sql: str, params: Sequence[Any] = (), *, one: bool = False) -> Any:
+        try:
+            with self._lock:
+                cur = self._db.execute(sql, params)
+                return cur.fetchone() if one else cur.fetchall()
+        except sqlite3.Error as e:
+            raise _failure(e, f"{self.path}: read failed") from e
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def image_path(self, sha256: str, suffix: str) -> Path:
+        return self.images_dir / sha256[:2] / f"{sha256}{suffix}"
+
+    def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
+        for item in items:
+            if item.vector.dtype != np.float32 or item.vector.ndim != 1:
+                raise ValueError(f"vector must be 1-d float32, got {item.vector.dtype} {item.vector.shape}")
+        results: list[AddOutcome] = []
+        with self._transaction("cannot store images") as tx:
+            db, now = tx.db, time.time()
+            first_in_batch: dict[str, int] = {}  # sha256 -> id given earlier in this batch
+            for item in items:
+                row = db.execute("SELECT id FROM images WHERE sha256 = ?", (item.sha256,)).fetchone()
+                if row is not None or item.sha256 in first_in_batch:
+                    results.append((int(row[0]) if row else first_in_batch[item.sha256], False, None))
+                    continue
+                path = self.image_path(item.sha256, item.suffix)
+                if not path.exists():  # an orphan of the same name has the same bytes (same upload, same encoding)
+                    atomic_write(path, item.encoded)
+                    tx.undo.append(lambda p=path: p.unlink(missing_ok=True))  # type: ignore[misc]
+                cur = db.execute(
+                    "INSERT INTO images (sha256, source, label, width, height, file, vector, extra, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        item.sha256,
+                        item.source,
+                        item.label,
+                        item.width,
+                        item.height,
+                        str(path.relative_to(self.dir)),
+                        item.vector.tobytes(),
+                        json.dumps(item.extra or {}),
+                        now,
+                    ),
+                )
+                image_id = int(cur.lastrowid or 0)
+                db.execute("INSERT INTO changes (op, image_id) VALUES ('add', ?)", (image_id,))
+                first_in_batch[item.sha256] = image_id
+                results.append((image_id, True, item.vector))
+        return results
+
+    def delete(self, image_id: int) -> ImageRecord | None:
+        aside: Path | None = None
+        with self._transaction(f"cannot delete image {image_id}") as tx:
+            row = tx.db.execute(f"SELECT {self._COLS} FROM images WHERE id = ?", (image_id,)).fetchone()
+            if row is None:
+                return None
+            rec = self._record(row)
+            tx.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            tx.db.execute("INSERT INTO changes (op, image_id) VALUES ('delete', ?)", (image_id,))
+            path = self.dir / rec.file
+            if path.is_file():
+                aside = path.with_name(f".{path.name}.deleted")
+                os.replace(path, aside)
+                tx.undo.append(lambda: os.replace(aside, path))  # type: ignore[arg-type]
+        if aside is not None:
+            try:
+                aside.unlink(missing_ok=True)
+            except OSError as e:  # the row is gone; the leftover is removed by the next cleanup
+                log.warning("could not remove %s: %s", aside, e)
+        return rec
+
+    # -- reads -------------------------------------------------------------------------------
+
+    _COLS = "id, sha256, source, label, width, height, file, created, extra"
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> ImageRecord:
+        return ImageRecord(int(row[0]), row[1], row[2], row[3], int(row[4]), int(row[5]), row[6], float(row[7]), json.loads(row[8]))
+
+    def get_many(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        out: dict[int, ImageRecord] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            rows = self._query(f"SELECT {self._COLS} FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            out.update((int(r[0]), self._record(r)) for r in rows)
+        return out
+
+    def image_data(self, image_id: int) -> tuple[bytes, str] | None:
+        rec = self.get(image_id)
+        if rec is None:
+            return None
+        try:
+            return (self.dir / rec.file).read_bytes(), Path(rec.file).suffix
+        except FileNotFoundError:
+            return None  # deleted meanwhile
+        except OSError as e:
+            raise StoreError(f"{self.dir / rec.file}: cannot read the stored image ({e})") from e
+
+    @staticmethod
+    def _stack(rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        return np.array([r[0] for r in rows], dtype=np.int64), np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        rows: list[Any] = []
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            rows += self._query(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk)
+        return self._stack(rows)
+
+    def iter_vectors(self, batch: int = 2048) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        last = -1
+        while True:
+            rows = self._query("SELECT id, vector FROM images WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            yield self._stack(rows)
+
+    def count(self) -> int:
+        return int(self._query("SELECT count(*) FROM images", one=True)[0])
+
+    def all_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self._query("SELECT id FROM images ORDER BY id")], dtype=np.int64)
+
+    def last_seq(self) -> int:
+        return int(self._query("SELECT coalesce(max(seq), 0) FROM changes", one=True)[0])
+
+    def changes_after(self, seq: int, limit: int = 10_000) -> list[tuple[int, str, int]]:
+        rows = self._query("SELECT seq, op, image_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [(int(s), str(op), int(i)) for s, op, i in rows]
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    def cleanup(self) -> int:
+        """Delete image files no row names, and temporary files, inside a write transaction: no other
+        process is between writing a file and committing its row meanwhile."""
+        if self.readonly:
+            return 0
+        removed = 0
+        with self._transaction("cannot clean up image files") as tx:
+            known = {str(r[0]) for r in tx.db.execute("SELECT file FROM images").fetchall()}
+            for p in self.images_dir.rglob("*"):
+                if p.is_file() and (p.name.startswith(".") or str(p.relative_to(self.dir)) not in known):
+                    p.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def check(self) -> list[str]:
+        problems = []
+        files = [str(r[0]) for r in self._query("SELECT file FROM images")]
+        missing = [f for f in files if not (self.dir / f).is_file()]
+        if missing:
+            problems.append(f"{len(missing)} image files missing, e.g. {missing[0]}")
+        ok = str(self._query("PRAGMA quick_check", one=True)[0])
+        if ok != "ok":
+            problems.append(f"SQLite integrity: {ok}")
+        return problems
