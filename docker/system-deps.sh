@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the project uses at test time or to get its default data set.
-#   system-deps.sh test   chromium (web page test) and docker-compose (compose file check)
+#   system-deps.sh test   chromium (web page test), docker-compose (compose file check) and postgresql
+#                         (the shared-gallery tests start their own server)
 #   system-deps.sh data   dataset-fashion-mnist (the default model's data)
 # Installs only as root with apt-get; otherwise prints the command to run and carries on.
 set -u
 case "${1:-test}" in
-  test) want=(chromium docker-compose); need_cmd=(/usr/bin/chromium /usr/bin/docker-compose) ;;
+  test) want=(chromium docker-compose postgresql); need_cmd=(/usr/bin/chromium /usr/bin/docker-compose /usr/lib/postgresql) ;;
   data) want=(dataset-fashion-mnist); need_cmd=(/usr/share/datasets/fashion-mnist) ;;
   *) echo "usage: $0 test|data" >&2; exit 2 ;;
 esac

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 from model.alexnet import alexnet  # noqa: E402
 from model.preprocess import Preset  # noqa: E402
 from model.weights import WeightsMeta, save_weights  # noqa: E402
+from tests.pg import PostgresServer  # noqa: E402
 
 SMALL_CLASSES = ("red", "green", "blue", "white")
 
@@ -37,3 +40,27 @@ def small_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "small.safetensors"
     make_weights(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (skipped, saying why, where the package is missing)."""
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """A new, empty database on that server."""
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """Run a test on each store: None (SQLite in the index directory) and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("pg_url"))

@@ -1,0 +1,109 @@
+"""One suite for both stores (SQLite in a directory, a real PostgreSQL database): rows, change log, identity, races."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.store import SCHEMA_VERSION, Store, StoreError, open_store
+from tests.index.helpers import DIM, item
+
+
+@pytest.fixture
+def store(tmp_path: Path, store_url: str | None) -> Store:
+    s = open_store(tmp_path, store_url)
+    yield s
+    s.close()
+
+
+def test_adds_are_numbered_in_order_and_duplicates_stored_once(store: Store) -> None:
+    first = store.add_many([item(1), item(2), item(1)])  # the same bytes twice in one batch
+    assert [(i, created) for i, created, _ in first] == [(1, True), (2, True), (1, False)]
+    again = store.add_many([item(2), item(3)])
+    assert [(i, created) for i, created, _ in again] == [(2, False), (3, True)]
+    assert store.count() == 3 and store.all_ids().tolist() == [1, 2, 3]
+    assert store.changes_after(0) == [(1, "add", 1), (2, "add", 2), (3, "add", 3)]
+    assert store.last_seq() == 3 and store.changes_after(2) == [(3, "add", 3)]
+    assert store.changes_after(0, limit=2) == [(1, "add", 1), (2, "add", 2)]
+
+
+def test_records_vectors_and_image_bytes_round_trip(store: Store) -> None:
+    it = item(7, label="shoe")
+    ((image_id, _, _),) = store.add_many([it])
+    rec = store.get(image_id)
+    assert rec is not None and (rec.sha256, rec.label, rec.source, rec.width, rec.height) == (it.sha256, "shoe", "test:7", 8, 8)
+    assert store.image_data(image_id) == (it.encoded, ".png")
+    np.testing.assert_array_equal(store.vector(image_id), it.vector)
+    ids, vecs = store.vectors([image_id, 999])
+    assert ids.tolist() == [image_id] and vecs.shape == (1, DIM)
+    assert store.get(999) is None and store.image_data(999) is None and store.vector(999) is None
+    store.add_many([item(i) for i in range(20, 25)])
+    pages = list(store.iter_vectors(batch=2))
+    assert [len(ids) for ids, _ in pages] == [2, 2, 2] and np.concatenate([ids for ids, _ in pages]).tolist() == list(range(1, 7))
+
+
+def test_delete_is_logged_harmless_twice_and_ids_are_never_reused(store: Store) -> None:
+    store.add_many([item(i) for i in range(3)])
+    rec = store.delete(3)
+    assert rec is not None and rec.id == 3
+    assert store.delete(3) is None and store.get(3) is None and store.image_data(3) is None
+    assert store.changes_after(3) == [(4, "delete", 3)]
+    ((new_id, created, _),) = store.add_many([item(3)])  # the same bytes again: a new image with a new id
+    assert created and new_id == 4
+    assert store.check() == []
+
+
+def test_the_first_identity_written_wins(store: Store) -> None:
+    store.init_meta({"weights_hash": "a" * 64, "dim": "32"})
+    store.init_meta({"weights_hash": "b" * 64, "dim": "64"})
+    assert store.get_meta("weights_hash") == "a" * 64 and store.get_meta("dim") == "32"
+    store.set_meta("factory", "flat")
+    assert store.get_meta("factory") == "flat" and store.get_meta("missing") is None
+
+
+def test_the_same_bytes_added_by_two_writers_at_once_are_stored_once(tmp_path: Path, store_url: str | None) -> None:
+    """Two store objects (two connections, as two processes have) race to add the same images."""
+    a, b = open_store(tmp_path, store_url), open_store(tmp_path, store_url)
+    results: dict[str, list[int]] = {}
+    barrier = threading.Barrier(2)
+
+    def writer(name: str, s: Store) -> None:
+        barrier.wait()
+        results[name] = [s.add_many([item(i)])[0][0] for i in range(30)]
+
+    threads = [threading.Thread(target=writer, args=(n, s)) for n, s in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert results["a"] == results["b"]  # each image got one id, whoever stored it
+        assert a.count() == 30 and sorted(set(results["a"])) == a.all_ids().tolist()
+        changes = a.changes_after(0)
+        assert [s for s, _, _ in changes] == sorted(s for s, _, _ in changes) and len(changes) == 30
+        assert a.check() == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path: Path, store_url: str | None) -> None:
+    s = open_store(tmp_path, store_url)
+    if store_url is None:
+        s._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")  # type: ignore[attr-defined]
+    else:
+        s.set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    s.close()
+    with pytest.raises(StoreError, match="newer than this program"):
+        open_store(tmp_path, store_url)
+
+
+def test_a_bad_store_url_is_refused_by_name() -> None:
+    with pytest.raises(StoreError, match="expected postgresql://"):
+        open_store("unused", "mysql://u:secret@h/db")
+    with pytest.raises(StoreError) as e:
+        open_store("unused", "postgresql://u:secret@127.0.0.1:1/db")
+    assert "secret" not in str(e.value) and "***" in str(e.value)
