@@ -76,7 +76,8 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str
+    status: str = Field(description="ready, degraded (searches served, the store out of reach or the index behind) or not ready")
+    pid: int | None = Field(None, description="the answering process (one of several with --workers)")
     model: ModelInfo | None = None
     index: dict[str, object] | None = None
     detail: str | None = None

@@ -18,10 +18,12 @@ class Settings(BaseSettings):
 
     weights: Path = Field(Path("data/weights/fashion-mnist.safetensors"), description="weights file to serve")
     index_dir: Path = Field(
-        Path("data/index"), description="index directory (created empty if missing): the SQLite store, or only the FAISS snapshot with store_url"
+        Path("data/index"),
+        description="index directory (created empty if missing): the SQLite store, or only the FAISS snapshot with store_url",
     )
     store_url: SecretStr | None = Field(
-        None, description="postgresql://USER:PASSWORD@HOST:PORT/DB: the gallery lives in PostgreSQL, shared by replicas; unset: SQLite in index_dir"
+        None,
+        description="postgresql://USER:PASSWORD@HOST:PORT/DB: the gallery lives in PostgreSQL, shared by replicas; unset: SQLite",
     )
     follow_interval_s: float = Field(
         0.2, gt=0, le=60, description="how often the index looks for changes other processes made (PostgreSQL also wakes it on NOTIFY)"

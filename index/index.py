@@ -527,10 +527,8 @@ class ImageIndex:
         """A new index of ``factory`` from the store, caught up: (index, last change, tombstones)."""
         index, seq = self._build_from_store(factory, cancellable=cancellable)
         tombstones: set[int] = set()
-        if index.is_trained:
-            seq = self._catch_up(index, tombstones, seq)
-        else:
-            seq = self.store.last_seq()  # nothing to index yet
+        # (an untrained index has nothing to hold yet: it is current with every change)
+        seq = self._catch_up(index, tombstones, seq) if index.is_trained else self.store.last_seq()
         self._tune(index)
         return index, seq, tombstones
 

@@ -146,7 +146,8 @@ class PostgresStore(Store):
                     conn.execute(statement)
                 log.info("%s: schema at version %d", self.location, v)
             conn.execute(
-                "INSERT INTO alexnet_meta (key, value) VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO alexnet_meta (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
 
@@ -155,7 +156,7 @@ class PostgresStore(Store):
         if self._listener is not None:
             try:
                 self._listener.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
+            except Exception:
                 pass
         self._pool.close()
 

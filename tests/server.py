@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,16 +23,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(env: dict[str, str], *, timeout: float = 120, log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    env: dict[str, str], *, timeout: float = 120, log: Path | None = None, args: tuple[str, ...] = (), port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``alexnet serve`` on 127.0.0.1 and wait until it answers /healthz: (process, base URL)."""
-    port = free_port()
+    port = port or free_port()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it; closed here after the start
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.console", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "app.console", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         stdout=out,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stop_server reaches uvicorn's worker processes too
     )
     if log:
         out.close()  # type: ignore[union-attr]
@@ -52,16 +56,24 @@ def start_server(env: dict[str, str], *, timeout: float = 120, log: Path | None 
         time.sleep(0.2)
 
 
+def stop_server(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL) to the server's whole process group, and wait for it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
-def running_server(env: dict[str, str], *, timeout: float = 120, log: Path | None = None) -> Iterator[str]:
+def running_server(env: dict[str, str], *, timeout: float = 120, log: Path | None = None, args: tuple[str, ...] = ()) -> Iterator[str]:
     """Yield the base URL of ``alexnet serve`` on 127.0.0.1; stop it (SIGTERM) afterwards."""
-    proc, base = start_server(env, timeout=timeout, log=log)
+    proc, base = start_server(env, timeout=timeout, log=log, args=args)
     try:
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,7 +32,7 @@ async def readyz(ctx: Ctx) -> Response:
         status, detail = "degraded", f"searching the index as of change {stats['applied_change']}; adds answer 503: {stats['store_error']}"
     elif stats["following"] and stats["seconds_since_sync"] > ctx.settings.max_follow_lag_s:
         status, detail = "degraded", f"the index has not been current with the store for {stats['seconds_since_sync']:.0f} s"
-    body = Readiness(status=status, model=ctx.model_info(), index=stats, detail=detail)
+    body = Readiness(status=status, pid=os.getpid(), model=ctx.model_info(), index=stats, detail=detail)
     return JSONResponse(body.model_dump(exclude_none=True))
 
 

@@ -80,7 +80,8 @@ async def add_images(request: Request, ctx: Ctx, _: Authorized) -> AddImagesResp
     try:
         results = await run_in_threadpool(index.add, items, near_duplicate_threshold=s.near_duplicate_threshold)
     except StoreUnavailable as e:
-        raise HTTPException(503, f"the gallery's store cannot be reached, nothing was added; try again: {e}", headers={"Retry-After": "2"}) from e
+        detail = f"the gallery's store cannot be reached, nothing was added; try again: {e}"
+        raise HTTPException(503, detail, headers={"Retry-After": "2"}) from e
     except StoreError as e:
         raise HTTPException(507, f"could not store the images (nothing was added): {e}") from e
     ctx.metrics.index_size.set(len(index))
