@@ -1,6 +1,7 @@
 """Run every benchmark, print the tables and write bench/results.json.
 
 python -m bench            (or: make bench)
+python -m bench gallery    the shared-gallery benchmark (several processes on one store), run only when named
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import time
 from pathlib import Path
 
 BENCHES = ["bench.model_bench", "bench.service_bench", "bench.search_bench"]
+ON_REQUEST = ["bench.gallery_bench"]  # run only when named: `python -m bench gallery` (~8 minutes)
 
 
 def main() -> int:
     only = sys.argv[1:]
     results: dict[str, object] = {}
-    for name in BENCHES:
-        if only and not any(o in name for o in only):
+    for name in BENCHES + ON_REQUEST:
+        if (only and not any(o in name for o in only)) or (not only and name in ON_REQUEST):
             continue
         start = time.perf_counter()
         print(f"\n=== {name} ===")

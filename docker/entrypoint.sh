@@ -10,6 +10,7 @@
 # $ALEXNET_DATA_DIR/weights/fashion-mnist.safetensors), ALEXNET_INDEX_DIR (default
 # $ALEXNET_DATA_DIR/index/<first 12 hex of the weights hash>), ALEXNET_RECIPE (default fashion-mnist),
 # ALEXNET_TRAIN_ARGS (extra `alexnet train` options), FASHION_MNIST_DIR (where the IDX files are),
+# ALEXNET_STORE_URL (the gallery in PostgreSQL instead of SQLite in the index directory),
 # and every ALEXNET_* service setting (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +60,11 @@ weights_hash() {
   "${ALEXNET[@]}" info --json "$ALEXNET_WEIGHTS" | python3 -c 'import json,sys; print(json.load(sys.stdin)["content_hash"][:12])'
 }
 
+gallery_in_store() {
+  "${ALEXNET[@]}" index stats --index "$ALEXNET_INDEX_DIR" 2>/dev/null \
+    | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["images"] > 0 else 1)'
+}
+
 prepare() {
   local t0 t
   if [ ! -f "$ALEXNET_WEIGHTS" ]; then
@@ -76,7 +82,18 @@ prepare() {
     t=$(( $(now) - t0 )); echo "phase train: ${t}s"
   fi
   export ALEXNET_INDEX_DIR="${ALEXNET_INDEX_DIR:-$DATA_DIR/index/$(weights_hash)}"
-  if [ ! -f "$ALEXNET_INDEX_DIR/store.sqlite" ]; then
+  if [ -n "${ALEXNET_STORE_URL:-}" ]; then
+    # the gallery lives in PostgreSQL: build into it (adds are idempotent, so an interrupted build resumes);
+    # the marker on the data volume says a build finished, the store's count that the database still holds it
+    if [ ! -f "$ALEXNET_INDEX_DIR/.gallery-built" ] || ! gallery_in_store; then
+      ensure_fashion_mnist
+      say "building the gallery in PostgreSQL: fc7 of the 10,000 Fashion-MNIST test images"
+      t0=$(now)
+      "${ALEXNET[@]}" index build "${ALEXNET_GALLERY:-fashion-mnist:test}" --data-dir "$FMNIST_DIR" --weights "$ALEXNET_WEIGHTS" --index "$ALEXNET_INDEX_DIR"
+      touch "$ALEXNET_INDEX_DIR/.gallery-built"
+      t=$(( $(now) - t0 )); echo "phase index: ${t}s"
+    fi
+  elif [ ! -f "$ALEXNET_INDEX_DIR/store.sqlite" ]; then
     ensure_fashion_mnist
     say "building the gallery: fc7 of the 10,000 Fashion-MNIST test images into $ALEXNET_INDEX_DIR"
     t0=$(now)
