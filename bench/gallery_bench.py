@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import random
 import shutil
 import sys
 import tempfile
@@ -134,6 +135,7 @@ def follow_lag(weights: Path, pg: Any, workdir: Path, adds: int) -> list[dict[st
     from tests.server import start_server, stop_server
 
     rows = []
+    pause = random.Random(0)
     for store in ("postgres", "sqlite"):
         url = pg.create_database(f"lag_{store}_{int(time.time())}") if store == "postgres" else None
         dirs = [workdir / f"lag-{store}"] * 2 if store == "sqlite" else [workdir / f"lag-{store}-{i}" for i in range(2)]
@@ -143,6 +145,7 @@ def follow_lag(weights: Path, pg: Any, workdir: Path, adds: int) -> list[dict[st
             with httpx.Client(timeout=30) as c:
                 seq = int(c.get(f"{b}/readyz").json()["index"]["applied_change"])
                 for n in range(adds):
+                    time.sleep(pause.uniform(0, 0.25))  # adds at random phases of the followers' polling
                     files = [("files", (f"{n}.png", _image(7_000_000 + n), "image/png"))]
                     r = c.post(f"{a}/images", files=files, headers={"X-API-Key": KEY})
                     t0 = time.perf_counter()
@@ -187,13 +190,8 @@ def replica_start(pg: Any, workdir: Path, sizes: list[int]) -> list[dict[str, An
             m = min(500, n - start)
             v = np.maximum(centres[rng.integers(0, 64, m)] + 0.5 * rng.normal(size=(m, 4096)).astype(np.float32), 0)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
-            store.add_many(
-                [
-                    NewImage(vector=v[j], sha256=hashlib.sha256(f"{n}-{start + j}".encode()).hexdigest(), encoded=tiny,
-                             suffix=".png", width=8, height=8)  # fmt: skip
-                    for j in range(m)
-                ]
-            )
+            shas = [hashlib.sha256(f"{n}-{start + j}".encode()).hexdigest() for j in range(m)]
+            store.add_many([NewImage(vector=v[j], sha256=shas[j], encoded=tiny, suffix=".png", width=8, height=8) for j in range(m)])
         fill = time.perf_counter() - t
         store.close()
         directory = workdir / f"start-{n}"
