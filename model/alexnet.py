@@ -12,7 +12,8 @@ Where this departs from the paper, and why:
 - Dropout follows the paper (outputs of fc6 and fc7), not torchvision (inputs).
 
 Exchange between the towers happens only at conv3, fc6, fc7 and fc8, as in the
-paper; on two devices those are the only cross-device copies.
+paper, and each tower receives only the other tower's half there (``_cross``); on two
+devices those are the only cross-device copies besides the input and the output's gather.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class AlexNet(nn.Module):
         self.towers = nn.ModuleList([Tower(self.config.num_classes) for _ in range(2)])
         self.fc8_bias = nn.Parameter(torch.zeros(self.config.num_classes))
         self.pool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 224x224 input
+        self.transfers: list[tuple[str, int, int, tuple[int, ...]]] | None = None  # see _cross
         self.reset_parameters()
 
     # -- initialisation -------------------------------------------------------------
@@ -132,28 +134,61 @@ class AlexNet(nn.Module):
 
     # -- forward --------------------------------------------------------------------
 
-    def _fc7(self, x: Tensor) -> Tensor:
-        """fc7 activations after ReLU and dropout: (B, 4096), on tower 0's device."""
+    def _cross(self, x: Tensor, to: int, layer: str) -> Tensor:
+        """Every activation that crosses from one tower to the other goes through here: to tower ``to``'s
+        device, recorded when ``self.transfers`` is a list (tests check the paper's wiring with it)."""
+        if self.transfers is not None:
+            self.transfers.append((layer, 1 - to, to, tuple(x.shape)))
+        return x.to(self.devices[to])
+
+    def _fc7_halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Each tower's half of fc7 after ReLU and dropout: 2 x (B, 2048), each on its own tower's device."""
         if x.dim() != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < MIN_INPUT:
             raise ValueError(f"expected images of shape (B, 3, H, W) with H, W >= {MIN_INPUT}, got {tuple(x.shape)}")
         t0, t1 = self.tower_pair
         d0, d1 = self.devices
         h = [t0.conv1(x.to(d0)), t1.conv1(x.to(d1))]  # 2 x (B, 48, 27, 27)
         h = [t0.conv2(h[0]), t1.conv2(h[1])]  # 2 x (B, 128, 13, 13)  own tower only
-        # exchange 1: conv3 sees both towers
-        h = [t0.conv3(torch.cat([h[0], h[1].to(d0)], 1)), t1.conv3(torch.cat([h[0].to(d1), h[1]], 1))]
+        # exchange 1: conv3 sees both towers (each receives only the other's half)
+        h = [
+            t0.conv3(torch.cat([h[0], self._cross(h[1], 0, "conv3")], 1)),  # (B, 192, 13, 13)
+            t1.conv3(torch.cat([self._cross(h[0], 1, "conv3"), h[1]], 1)),
+        ]
         h = [t0.conv4(h[0]), t1.conv4(h[1])]  # own tower only  2 x (B, 192, 13, 13)
         h = [t0.conv5(h[0]), t1.conv5(h[1])]  # own tower only  2 x (B, 128, 6, 6)
         p, drop = self.config.dropout, self.training
         # exchange 2: fc6 sees both towers
-        x0 = torch.cat([h[0], h[1].to(d0)], 1)  # (B, 256, 6, 6)
-        x1 = x0.to(d1)
+        x0 = torch.cat([h[0], self._cross(h[1], 0, "fc6")], 1)  # (B, 256, 6, 6)
+        x1 = torch.cat([self._cross(h[0], 1, "fc6"), h[1]], 1)
         h = [relu_dropout(self._fc6(t0, x0), p, drop), relu_dropout(self._fc6(t1, x1), p, drop)]  # 2 x (B, 2048)
         # exchange 3: fc7 sees both towers
-        x0 = torch.cat([h[0], h[1].to(d0)], 1)  # (B, 4096)
-        x1 = x0.to(d1)
-        h = [relu_dropout(t0.fc7(x0), p, drop), relu_dropout(t1.fc7(x1), p, drop)]
-        return torch.cat([h[0], h[1].to(d0)], 1)  # (B, 4096)
+        x0 = torch.cat([h[0], self._cross(h[1], 0, "fc7")], 1)  # (B, 4096)
+        x1 = torch.cat([self._cross(h[0], 1, "fc7"), h[1]], 1)
+        return relu_dropout(t0.fc7(x0), p, drop), relu_dropout(t1.fc7(x1), p, drop)
+
+    def _fc7(self, x: Tensor) -> Tensor:
+        """fc7 activations after ReLU and dropout: (B, 4096), on tower 0's device (the output's gather)."""
+        h0, h1 = self._fc7_halves(x)
+        return torch.cat([h0, self._cross(h1, 0, "fc7-out")], 1)
+
+    def _fc8(self, h0: Tensor, h1: Tensor) -> Tensor:
+        # exchange 4: each tower computes fc8 of its own half of fc7; the partial sums meet on tower 0
+        t0, t1 = self.tower_pair
+        return t0.fc8(h0) + self._cross(t1.fc8(h1), 0, "fc8") + self.fc8_bias  # (B, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._fc8(*self._fc7_halves(x))
+
+    def forward_with_fc7(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and fc7 (after ReLU) from one pass: ((B, classes), (B, 4096))."""
+        h0, h1 = self._fc7_halves(x)
+        return self._fc8(h0, h1), torch.cat([h0, self._cross(h1, 0, "fc7-out")], 1)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """fc7 after its ReLU, in eval mode (dropout off): (B, 4096)."""
+        if self.training:
+            raise RuntimeError("embed() is defined in eval mode; call model.eval() first")
+        return self._fc7(x)
 
     def _fc6(self, tower: Tower, x: Tensor) -> Tensor:
         """fc6 of the adaptively pooled (B, 256, 6, 6) map, for any pool5 size (h, w).
@@ -171,27 +206,6 @@ class AlexNet(nn.Module):
         pool = _pool_matrix(x.shape[-2], x.shape[-1], x.device, x.dtype)  # (36, hw)
         w = (tower.fc6.weight.view(-1, x.shape[1], 36) @ pool).flatten(1)  # (2048, 256 * hw)
         return F.linear(torch.flatten(x, 1), w, tower.fc6.bias)
-
-    def _fc8(self, fc7: Tensor) -> Tensor:
-        # exchange 4: each tower's half of fc8 is summed on tower 0's device
-        t0, t1 = self.tower_pair
-        d1 = self.devices[1]
-        half0, half1 = fc7[:, :2048], fc7[:, 2048:]
-        return t0.fc8(half0) + t1.fc8(half1.to(d1)).to(half0.device) + self.fc8_bias  # (B, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._fc8(self._fc7(x))
-
-    def forward_with_fc7(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits and fc7 (after ReLU) from one pass: ((B, classes), (B, 4096))."""
-        fc7 = self._fc7(x)
-        return self._fc8(fc7), fc7
-
-    def embed(self, x: Tensor) -> Tensor:
-        """fc7 after its ReLU, in eval mode (dropout off): (B, 4096)."""
-        if self.training:
-            raise RuntimeError("embed() is defined in eval mode; call model.eval() first")
-        return self._fc7(x)
 
 
 def alexnet(*, num_classes: int = 1000, dropout: float = 0.5, bias_init: float = 1.0) -> AlexNet:

@@ -69,7 +69,13 @@ def test_console_applies_it_for_model_commands(monkeypatch: pytest.MonkeyPatch, 
 
     calls: list[int] = []
     monkeypatch.setattr(model.runtime, "retain_freed_memory", lambda: calls.append(1) or True)
-    monkeypatch.setattr(console.importlib, "import_module", lambda name: types.SimpleNamespace(main=lambda a: 0))
+    real_import = console.importlib.import_module
+    commands = {module for module, _ in console.COMMANDS.values()}
+
+    def fake_import(name: str, package: str | None = None) -> object:  # the command modules only (pydantic imports lazily too)
+        return types.SimpleNamespace(main=lambda a: 0) if name in commands else real_import(name, package)
+
+    monkeypatch.setattr(console.importlib, "import_module", fake_import)
     if env is None:
         monkeypatch.delenv("ALEXNET_RETAIN_FREED_MEMORY", raising=False)
     else:
