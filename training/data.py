@@ -11,6 +11,7 @@ References: Krizhevsky et al. 2012, section 2.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
 import struct
@@ -70,12 +71,40 @@ class Source:
 
     class_names: tuple[str, ...]
     size: int
+    loaded: int = 0  # images this process has read (decoded) through ``batches``
 
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
+        drop_last: bool = False,
+        skip: int = 0,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches of ``batch_size`` images in one order (the same on every process for the same generator).
+        ``shard=(rank, world)``: this process reads only its share of each batch (every world-th image, as
+        ``DistributedSampler`` does); ``drop_last``: leave out a last batch smaller than ``batch_size``;
+        ``skip``: start after that many batches without reading them (resuming inside an epoch)."""
         raise NotImplementedError
+
+    @staticmethod
+    def _plan(
+        n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None, shard: tuple[int, int], drop_last: bool, skip: int
+    ) -> list[Tensor]:
+        """The indices this process reads, batch by batch (see ``batches``)."""
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard {shard}: rank must be in [0, world)")
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        chunks = list(order.split(batch_size))
+        if drop_last and chunks and len(chunks[-1]) < batch_size:
+            chunks.pop()
+        return [c[rank::world] for c in chunks[skip:]]
 
     def pixel_sample(self, max_images: int = 2000, seed: int = 0) -> Tensor:
         """(N, 3) float RGB values in [0, 1] from up to ``max_images`` images, for statistics."""
@@ -121,11 +150,20 @@ class TensorSource(Source):
     def subset(self, n: int) -> TensorSource:
         return TensorSource(self.originals[:n], self.labels[:n], self.class_names)
 
-    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
+        drop_last: bool = False,
+        skip: int = 0,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         if self._resized is None:
             raise RuntimeError("call at_size() first")
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for idx in order.split(batch_size):
+        for idx in self._plan(len(self), batch_size, shuffle, generator, shard, drop_last, skip):
+            self.loaded += len(idx)
             yield self._resized[idx], self.labels[idx]
 
     def pixel_sample(self, max_images: int = 2000, seed: int = 0) -> Tensor:
@@ -270,17 +308,33 @@ class FolderSource(Source):
         self.size = size
         return self
 
-    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    def subset(self, n: int, seed: int = 0) -> FolderSource:
+        """``n`` of the images, picked at random (the same ones for the same seed), in folder order."""
+        keep = sorted(np.random.default_rng(seed).permutation(len(self.files))[:n].tolist())
+        sub = copy.copy(self)
+        sub.files = [self.files[i] for i in keep]
+        return sub
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
+        drop_last: bool = False,
+        skip: int = 0,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        plan = [idx.tolist() for idx in self._plan(len(self), batch_size, shuffle, generator, shard, drop_last, skip)]
         loader = DataLoader(
             _FolderDataset(self.files, self.size),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            batch_sampler=[b for b in plan if b],  # only this process's share is ever decoded
             num_workers=self.workers,
             collate_fn=_collate,
             persistent_workers=False,
         )
         for images, labels, skipped in loader:
+            self.loaded += len(labels) + skipped
             if skipped:
                 self.skipped += skipped
             if len(labels):

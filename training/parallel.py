@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DistInfo", "setup", "teardown", "wrap"]
+__all__ = ["DistInfo", "agree", "setup", "teardown", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,17 @@ def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
     # device_ids=None: the module may span two devices (two towers), which DDP supports this way
     one_device = info.tower_devices[0] == info.tower_devices[1] and info.device.type == "cuda"
     return DistributedDataParallel(model, device_ids=[info.device] if one_device else None)
+
+
+def agree(info: DistInfo, elapsed_s: float, stop: bool) -> tuple[float, bool]:
+    """One decision for every process, taken once per step: rank 0's elapsed time, and stop if any rank
+    asks to (Ctrl-C reaches ranks at different moments). A no-op without DDP."""
+    if not info.distributed:
+        return elapsed_s, stop
+    device = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([elapsed_s if info.rank == 0 else 0.0, 1.0 if stop else 0.0], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0]), bool(t[1] > 0)
 
 
 def teardown(info: DistInfo) -> None:

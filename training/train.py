@@ -7,6 +7,8 @@ augmentation, dropout masks, optimiser state and learning-rate schedule.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import signal
@@ -150,7 +152,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         self.train_src = open_source(cfg.data, split="train", data_dir=cfg.data_dir, size=_resize_for(cfg), workers=cfg.workers)
-        if cfg.max_train_images and hasattr(self.train_src, "subset"):
+        if cfg.max_train_images:
             self.train_src = self.train_src.subset(cfg.max_train_images).at_size(_resize_for(cfg))  # type: ignore[attr-defined]
         self.val_src = open_source(
             cfg.data,
@@ -179,7 +181,11 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(cfg, self.model)
         self.net: nn.Module = parallel.wrap(self.model, self.dist)
-        steps_per_epoch = math.ceil(len(self.train_src) / (cfg.batch_size * self.dist.world_size))
+        # batch_size is per process; a step takes one global batch. Under DDP a last, smaller global batch is
+        # left out, so that every process has a full share at every step.
+        self.global_batch = cfg.batch_size * self.dist.world_size
+        rounding = math.floor if self.dist.distributed else math.ceil
+        steps_per_epoch = max(1, rounding(len(self.train_src) / self.global_batch))
         total = steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             total = min(total, cfg.max_steps)
@@ -213,6 +219,25 @@ class Trainer:
         if self.is_main:
             save_checkpoint(self.state(), self.out / CHECKPOINT)
 
+    def report_rank(self) -> None:
+        """``OUT/ranks/rank-R.json``: what this process did (steps, images it read, a checksum of its parameters),
+        so that a data-parallel run can be checked: every rank's parameters must be identical."""
+        digest = hashlib.sha256()
+        for _, p in sorted(self.model.state_dict().items()):
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        report = {
+            "rank": self.dist.rank,
+            "world_size": self.dist.world_size,
+            "step": self.step,
+            "epoch": self.epoch,
+            "interrupted": self._interrupted,
+            "images_loaded": self.train_src.loaded,
+            "parameters_sha256": digest.hexdigest(),
+        }
+        path = self.out / "ranks" / f"rank-{self.dist.rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+
     def resume(self, path: Path) -> None:
         ck = load_checkpoint(path)
         saved = TrainConfig.from_dict(ck["config"])
@@ -235,13 +260,19 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
 
     def _epoch_batches(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """This process's share of each global batch; the order is the same on every process, and resuming
+        inside an epoch starts after the batches already done without reading them."""
         g = torch.Generator().manual_seed(_batch_seed(self.cfg.seed, self.epoch, -1))
-        per_rank = self.cfg.batch_size * self.dist.world_size
-        for i, (images, labels) in enumerate(self.train_src.batches(per_rank, shuffle=True, generator=g)):
-            if i < self.batch_in_epoch:
-                continue  # resuming inside an epoch: same order, skip what was done
-            r, w = self.dist.rank, self.dist.world_size
-            yield i, images[r::w], labels[r::w]
+        shares = self.train_src.batches(
+            self.global_batch,
+            shuffle=True,
+            generator=g,
+            shard=(self.dist.rank, self.dist.world_size),
+            drop_last=self.dist.distributed,
+            skip=self.batch_in_epoch,
+        )
+        for i, (images, labels) in enumerate(shares, start=self.batch_in_epoch):
+            yield i, images, labels
 
     def train_one_epoch(self) -> dict[str, float]:
         cfg, model = self.cfg, self.net
@@ -258,9 +289,12 @@ class Trainer:
             dynamic_ncols=True,
         )
         for i, images, labels in self._epoch_batches():
-            progress = self.schedule.progress(self.step, self.elapsed)
             if self.stop_at_step is not None and self.step >= self.stop_at_step:
                 self._interrupted = True
+            # one decision for every process: rank 0's clock (the schedule and the time budget) and a stop
+            # asked of any rank (Ctrl-C), so that all ranks take the same learning rate and stop at the same step
+            self.elapsed, self._interrupted = parallel.agree(self.dist, base_elapsed + time.perf_counter() - start, self._interrupted)
+            progress = self.schedule.progress(self.step, self.elapsed)
             if progress >= 1.0 or self._interrupted:
                 break
             for group in self.optimizer.param_groups:
@@ -280,7 +314,6 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             self.batch_in_epoch = i + 1
-            self.elapsed = base_elapsed + time.perf_counter() - start
             n = len(y)
             seen += n
             loss_sum += loss.item() * n
@@ -293,6 +326,7 @@ class Trainer:
             )
         bar.close()
         wall = time.perf_counter() - start
+        self.elapsed = parallel.agree(self.dist, base_elapsed + wall, self._interrupted)[0]
         return {
             "train_loss": loss_sum / max(seen, 1),
             "train_top1_err": 1 - correct / max(seen, 1),
@@ -389,6 +423,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, export: bool = True, progre
             raise FileNotFoundError(f"--resume: no checkpoint at {ck}")
         trainer.resume(ck)
     trainer.fit()
+    if trainer.dist.distributed:
+        trainer.report_rank()
     if export and trainer.is_main and not trainer._interrupted:
         from training.export import export_checkpoint
 
