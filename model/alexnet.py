@@ -10,6 +10,13 @@ Where this departs from the paper, and why:
 - fc8's two halves are summed on tower 0's device and its bias lives there once,
   so the parameter count is the paper's 60,965,224 for 1000 classes.
 - Dropout follows the paper (outputs of fc6 and fc7), not torchvision (inputs).
+- Inputs are normalised per channel by the training set's mean *and* standard deviation
+  (``model.preprocess.Preset``); the paper subtracts the mean only. Dividing by the std keeps
+  inputs near unit scale whatever the data set (Fashion-MNIST's grey, low-contrast pixels as
+  well as ImageNet's), so that the paper's N(0, 0.01) initialisation and learning rates carry
+  over; it is a per-channel scaling the first layer could absorb, not a change of the function class.
+- ``bias_init`` (1 in the paper, section 5) is a recipe parameter: Caffe found 1 can stall
+  training and used 0.1. fc8's bias starts at 0, as the paper's constant 1 is for the hidden layers.
 
 Exchange between the towers happens only at conv3, fc6, fc7 and fc8, as in the
 paper, and each tower receives only the other tower's half there (``_cross``); on two
@@ -95,7 +102,8 @@ class AlexNet(nn.Module):
     # -- initialisation -------------------------------------------------------------
 
     def reset_parameters(self) -> None:
-        """Section 5: weights N(0, 0.01); bias ``bias_init`` in conv2/4/5 and fc6/7/8, 0 in conv1/3."""
+        """Section 5: weights N(0, 0.01); bias ``bias_init`` in conv2/4/5 and the hidden fully connected layers
+        (fc6, fc7), 0 in conv1, conv3 and the output layer fc8."""
         c = self.config
         for tower in self.towers:
             for name, module in tower.named_modules():
@@ -105,7 +113,7 @@ class AlexNet(nn.Module):
                         layer = name.split(".")[0]
                         ones = layer in {"conv2", "conv4", "conv5", "fc6", "fc7"}
                         nn.init.constant_(module.bias, c.bias_init if ones else 0.0)
-        nn.init.constant_(self.fc8_bias, c.bias_init)
+        nn.init.zeros_(self.fc8_bias)  # "fully-connected hidden layers" only: fc8 is the output layer
 
     # -- placement ------------------------------------------------------------------
 

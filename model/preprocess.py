@@ -46,6 +46,7 @@ class Preset:
     crop_size: int = 224  # the paper's input
     resize_size: int = 256  # shorter side before the crop; 256/224 as in the paper
     mean: tuple[float, float, float] = IMAGENET_MEAN
+    # (the paper subtracts the mean only; dividing by the std as well is a documented departure: model/alexnet.py)
     std: tuple[float, float, float] = IMAGENET_STD
     # PCA lighting statistics of the training set (section 4.1): eigenvalues (3,)
     # and eigenvectors as columns (3, 3), over RGB in [0, 1]. Empty when unknown.
@@ -110,10 +111,16 @@ def eval_geometry(preset: Preset) -> v2.Compose:
     return v2.Compose([*_geometry(preset), v2.CenterCrop(preset.crop_size)])
 
 
+def _central_square(preset: Preset) -> v2.Compose:
+    """Section 2: the shorter side to ``resize_size``, then the central square of that size; training's random
+    crops and the ten test crops are all taken inside it (for a 600x400 photo at 256/224: x 64..320)."""
+    return v2.Compose([*_geometry(preset), v2.CenterCrop(preset.resize_size)])
+
+
 def ten_crop_geometry(preset: Preset) -> Callable[[Image.Image], tuple[Image.Image, ...]]:
-    """PIL image -> ten RGB PIL crops: four corners and centre, then their mirrors (section 4.1)."""
-    resize, crop = v2.Compose(_geometry(preset)), v2.TenCrop(preset.crop_size)
-    return lambda image: tuple(crop(resize(image)))
+    """PIL image -> ten RGB PIL crops: the central square's four corners and centre, then their mirrors (section 4.1)."""
+    square, crop = _central_square(preset), v2.TenCrop(preset.crop_size)
+    return lambda image: tuple(crop(square(image)))
 
 
 def eval_transform(preset: Preset) -> v2.Compose:
@@ -153,13 +160,12 @@ def normalise_pixels(pixels: Tensor, preset: Preset) -> Tensor:
 
 
 def ten_crop_transform(preset: Preset) -> Callable[[Image.Image], Tensor]:
-    """PIL image -> (10, 3, crop, crop): four corners and centre, then their mirrors (section 4.1)."""
-    resize = v2.Compose(_geometry(preset))
-    crop = v2.TenCrop(preset.crop_size)
+    """PIL image -> (10, 3, crop, crop): the central square's four corners and centre, then their mirrors (section 4.1)."""
+    crops = ten_crop_geometry(preset)
     norm = v2.Compose(_normalise(preset))
 
     def transform(image: Image.Image) -> Tensor:
         # (v2 transforms map over tuples leaf by leaf, so the stacking stays outside a Compose)
-        return torch.stack([norm(c) for c in crop(resize(image))])
+        return torch.stack([norm(c) for c in crops(image)])
 
     return transform

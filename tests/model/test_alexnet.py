@@ -90,7 +90,8 @@ def test_initialisation_follows_the_paper() -> None:
         assert torch.all(getattr(t0, layer).conv.bias == 1)
     for layer in ("conv1", "conv3"):
         assert torch.all(getattr(t0, layer).conv.bias == 0)
-    assert torch.all(t0.fc6.bias == 1) and torch.all(t0.fc7.bias == 1) and torch.all(net.fc8_bias == 1)
+    assert torch.all(t0.fc6.bias == 1) and torch.all(t0.fc7.bias == 1)
+    assert torch.all(net.fc8_bias == 0)  # the output layer is not a hidden layer: its bias starts at 0
     w = t0.fc6.weight.detach()
     assert abs(float(w.mean())) < 1e-4 and abs(float(w.std()) - 0.01) < 1e-4
     assert torch.all(alexnet(num_classes=10, bias_init=0.1).towers[1].conv2.conv.bias == 0.1)

@@ -11,6 +11,7 @@ from PIL import Image
 from model.predictor import Predictor
 from model.preprocess import Preset, eval_transform, normalise_pixels, ten_crop_transform, to_rgb
 from model.vectors import l2_normalise
+from torchvision.transforms import v2
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,25 @@ def test_int8_fc_layers_stay_close_to_fp32(small_weights: Path) -> None:
     assert float(np.min(np.sum(e32 * e8, axis=1))) > 0.98  # cosine of the fc7 vectors
     with pytest.raises(ValueError, match="precision must be one of"):
         Predictor(small_weights, precision="fp8")
+
+
+def test_ten_crop_corners_come_from_the_central_square_and_softmaxes_are_averaged(predictor: Predictor) -> None:
+    """Section 4.1 on a non-square photo: 600x400 at 256/224 is resized to 384x256; the paper's patches lie
+    in the central 256x256 square (x 64..320), so the corners start at x 64 and 96, not 0 and 160."""
+    preset = Preset(crop_size=224, resize_size=256, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8))
+    resized = torch.from_numpy(np.asarray(v2.Resize(256, antialias=True)(photo), dtype=np.float32) / 255).permute(2, 0, 1)
+    assert resized.shape == (3, 256, 384)
+    crops = ten_crop_transform(preset)(photo)
+    corners = [(64, 0), (96, 0), (64, 32), (96, 32), (80, 16)]  # (x, y): top-left, top-right, bottom-left, bottom-right, centre
+    expected = [resized[:, y : y + 224, x : x + 224] for x, y in corners]
+    for j in range(5):
+        torch.testing.assert_close(crops[j], expected[j], msg=f"crop {j}")
+    # the reflections: the five crops of the mirrored square (its top-left is the original top-right, mirrored)
+    for j, source in enumerate([1, 0, 3, 2, 4]):
+        torch.testing.assert_close(crops[5 + j], expected[source].flip(-1), msg=f"reflection {j}")
+    # the averaged prediction is the mean of the ten softmaxes, computed here by hand
+    ten = predictor.preprocess([photo.resize((300, 200))], ten_crop=True)[0]  # (10, 3, S, S)
+    by_hand = torch.stack([predictor.forward(ten[j : j + 1])[0].softmax(1)[0] for j in range(10)]).mean(0)
+    torch.testing.assert_close(predictor.probabilities(ten[None])[0], by_hand, rtol=1e-5, atol=1e-6)

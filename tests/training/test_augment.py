@@ -45,3 +45,35 @@ def test_augment_batch_crops_flips_and_normalises() -> None:
         assert all(abs(int(r[1]) - int(r[0])) == 1 for r in rows)
     centre = centre_batch(batch[:1], preset)[0, 0].mul(255).round().int()
     assert centre[0].tolist() == [7, 8, 9, 10]
+
+
+def _mirrored(out: torch.Tensor) -> torch.Tensor:
+    """Which patches of an arange image came out mirrored (values fall along each row)."""
+    rows = out[:, 0].mul(255).round()
+    return rows[:, 0, 1] < rows[:, 0, 0]
+
+
+def test_flips_mirror_about_half_of_the_patches_and_none_when_off() -> None:
+    preset = Preset(crop_size=4, resize_size=6, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    batch = torch.arange(36, dtype=torch.uint8).view(1, 1, 6, 6).repeat(2000, 1, 1, 1)
+    on = _mirrored(augment_batch(batch, preset, pca_std=0.0, generator=torch.Generator().manual_seed(0)))
+    off = _mirrored(augment_batch(batch, preset, pca_std=0.0, flip=False, generator=torch.Generator().manual_seed(0)))
+    assert 0.45 < float(on.float().mean()) < 0.55  # each reflection with probability 1/2
+    assert not off.any()
+
+
+def test_pca_jitter_draws_alpha_with_std_0_1_along_the_eigenvectors() -> None:
+    """Section 4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T, a_i ~ N(0, 0.1), one draw per image."""
+    torch.manual_seed(0)
+    eigvec = torch.linalg.qr(torch.randn(3, 3))[0]  # orthonormal columns, not symmetric: p_i, not rows
+    eigval = torch.tensor([0.2, 0.05, 0.01])
+    x = torch.rand(4000, 3, 2, 2)
+    y = pca_lighting(x, eigval, eigvec, std=0.1, generator=torch.Generator().manual_seed(1))
+    shift = (y - x)[:, :, 0, 0]  # (B, 3)
+    # the exact shift: the same draws, weighted by the eigenvalues, along the eigenvector columns
+    alpha = torch.randn(4000, 3, generator=torch.Generator().manual_seed(1)) * 0.1
+    torch.testing.assert_close(shift, (alpha * eigval) @ eigvec.T, rtol=1e-5, atol=1e-6)
+    # and its statistics: recovered alphas have standard deviation 0.1 (a factor of 2 either way fails)
+    recovered = shift @ eigvec / eigval
+    assert torch.allclose(recovered.std(0), torch.full((3,), 0.1), atol=0.006), recovered.std(0)
+    assert torch.allclose(recovered.mean(0), torch.zeros(3), atol=0.006)
