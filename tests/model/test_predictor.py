@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from model.predictor import Predictor
 from model.preprocess import Preset, eval_transform, normalise_pixels, ten_crop_transform, to_rgb
 from model.vectors import l2_normalise
-from torchvision.transforms import v2
 
 
 @pytest.fixture(scope="module")
