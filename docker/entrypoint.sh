@@ -11,6 +11,7 @@
 # $ALEXNET_DATA_DIR/index/<first 12 hex of the weights hash>), ALEXNET_RECIPE (default fashion-mnist),
 # ALEXNET_TRAIN_ARGS (extra `alexnet train` options), FASHION_MNIST_DIR (where the IDX files are),
 # ALEXNET_STORE_URL (the gallery in PostgreSQL instead of SQLite in the index directory),
+# ALEXNET_GALLERY (what the gallery is built from) and ALEXNET_INDEX_ARGS (extra `alexnet index build` options),
 # and every ALEXNET_* service setting (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,7 +90,8 @@ prepare() {
       ensure_fashion_mnist
       say "building the gallery in PostgreSQL: fc7 of the 10,000 Fashion-MNIST test images"
       t0=$(now)
-      "${ALEXNET[@]}" index build "${ALEXNET_GALLERY:-fashion-mnist:test}" --data-dir "$FMNIST_DIR" --weights "$ALEXNET_WEIGHTS" --index "$ALEXNET_INDEX_DIR"
+      # shellcheck disable=SC2086
+      "${ALEXNET[@]}" index build "${ALEXNET_GALLERY:-fashion-mnist:test}" --data-dir "$FMNIST_DIR" --weights "$ALEXNET_WEIGHTS" ${ALEXNET_INDEX_ARGS:-} --index "$ALEXNET_INDEX_DIR"
       touch "$ALEXNET_INDEX_DIR/.gallery-built"
       t=$(( $(now) - t0 )); echo "phase index: ${t}s"
     fi
@@ -97,7 +99,8 @@ prepare() {
     ensure_fashion_mnist
     say "building the gallery: fc7 of the 10,000 Fashion-MNIST test images into $ALEXNET_INDEX_DIR"
     t0=$(now)
-    "${ALEXNET[@]}" index build "${ALEXNET_GALLERY:-fashion-mnist:test}" --data-dir "$FMNIST_DIR" --weights "$ALEXNET_WEIGHTS" --index "$ALEXNET_INDEX_DIR.partial"
+    # shellcheck disable=SC2086
+      "${ALEXNET[@]}" index build "${ALEXNET_GALLERY:-fashion-mnist:test}" --data-dir "$FMNIST_DIR" --weights "$ALEXNET_WEIGHTS" ${ALEXNET_INDEX_ARGS:-} --index "$ALEXNET_INDEX_DIR.partial"
     rm -rf "$ALEXNET_INDEX_DIR" && mv "$ALEXNET_INDEX_DIR.partial" "$ALEXNET_INDEX_DIR"
     t=$(( $(now) - t0 )); echo "phase index: ${t}s"
   fi

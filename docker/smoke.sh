@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# `docker compose up` end to end, on this machine (make docker-smoke). Needs root (or a docker group
+# member) and a Docker engine; it starts dockerd (vfs storage) if none answers.
+#
+#   1. start dockerd if none is running
+#   2. make a base image from Debian's packages (debootstrap bookworm + python3, venv, make, curl)
+#      unless one is given (SMOKE_BASE_IMAGE) or already there
+#   3. build the service image on it (PyPI's wheels, this machine's CA bundle for pip, --network host)
+#   4. docker-compose up -d with a short training (ALEXNET_TRAIN_ARGS) and a small gallery
+#   5. wait until /readyz answers 200
+#   6. classify, search, add and fetch over HTTP from the host
+#   7. docker-compose down, up again: no retraining, the gallery and the added image survive
+#   8. take everything down and remove what it created (SMOKE_KEEP=1 keeps the images)
+# Prints each step's time and the image's size.
+#
+#   smoke.sh --if-possible   (make test) skip, saying why, where it cannot run: not root and no engine to reach
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = --if-possible ] && [ "$(id -u)" != 0 ] && ! docker info >/dev/null 2>&1; then
+  echo "[smoke] skipped: needs root (to start dockerd and debootstrap) or a running Docker engine; run: make docker-smoke"
+  exit 0
+fi
+
+PROJECT=alexnet-smoke
+PORT="${SMOKE_PORT:-18080}"
+BASE="${SMOKE_BASE_IMAGE:-alexnet-base:bookworm}"
+IMAGE=alexnet-service:smoke
+KEY=smoke-key
+URL="http://127.0.0.1:$PORT"
+export ALEXNET_IMAGE="$IMAGE" ALEXNET_BASE_IMAGE="$BASE" TORCH_INDEX_URL="" ALEXNET_PUBLISH_PORT="$PORT" ALEXNET_API_KEY="$KEY"
+export ALEXNET_TRAIN_ARGS="${SMOKE_TRAIN_ARGS:---minutes 0.5 --max-train-images 4000}"
+export ALEXNET_INDEX_ARGS="${SMOKE_INDEX_ARGS:---limit 500}"
+COMPOSE=(docker-compose -p "$PROJECT" -f compose.yaml)
+made_base=0
+dockerd_pid=""
+work=$(mktemp -d)
+
+t_start=$(date +%s)
+t_step=$t_start
+step() {
+  local now; now=$(date +%s)
+  printf '[smoke] %-58s %4ss (total %ss)\n' "$1" $((now - t_step)) $((now - t_start))
+  t_step=$now
+}
+fail() { echo "[smoke] FAILED: $*" >&2; "${COMPOSE[@]}" logs --tail 60 >&2 || true; exit 1; }
+
+cleanup() {
+  rm -f docker/pip/ca.crt
+  "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  if [ "${SMOKE_KEEP:-0}" != 1 ]; then
+    docker image rm -f "$IMAGE" >/dev/null 2>&1 || true
+    docker image prune -f >/dev/null 2>&1 || true  # the build stage's layers (they hold the base image too)
+    if [ $made_base = 1 ]; then docker image rm -f "$BASE" >/dev/null 2>&1 || true; fi
+    docker image prune -f >/dev/null 2>&1 || true
+  fi
+  if [ -n "$dockerd_pid" ]; then  # the engine this script started
+    kill "$dockerd_pid" 2>/dev/null || true
+    for _ in $(seq 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# 1. the engine
+bash docker/system-deps.sh docker
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null || { echo "no dockerd: apt-get install docker.io" >&2; exit 1; }
+  nohup dockerd --storage-driver=vfs >/var/log/alexnet-smoke-dockerd.log 2>&1 &
+  dockerd_pid=$!
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || fail "dockerd did not start (see /var/log/alexnet-smoke-dockerd.log)"
+fi
+command -v docker-compose >/dev/null || { echo "no docker-compose: apt-get install docker-compose" >&2; exit 1; }
+step "1 docker engine"
+
+# 2. the base image (Docker Hub is out of reach here)
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+  command -v debootstrap >/dev/null || { echo "no debootstrap: apt-get install debootstrap" >&2; exit 1; }
+  debootstrap --variant=minbase --include=python3,python3-venv,make,curl,ca-certificates \
+    bookworm "$work/rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 || fail "debootstrap (see $work/debootstrap.log)"
+  tar -C "$work/rootfs" -c . | docker import - "$BASE" >/dev/null
+  rm -rf "$work/rootfs"
+  made_base=1
+fi
+step "2 base image $BASE"
+
+# 3. the service image; pip's CA bundle goes to the build stage only
+# the CA bundle pip's own settings name here (PIP_CERT, or `cert` in a pip configuration file)
+pip_cert() {
+  if [ -n "${PIP_CERT:-}" ]; then echo "$PIP_CERT"; return; fi
+  python3 -m pip config list 2>/dev/null | grep -E "^[a-z:]*\.cert='[^']+'" | head -1 | cut -d= -f2- | tr -d "'\""
+}
+cert=$(pip_cert)
+[ -n "$cert" ] && [ -f "$cert" ] && cp "$cert" docker/pip/ca.crt
+DOCKER_BUILDKIT=0 docker build --network host -q -f docker/Dockerfile \
+  --build-arg BASE_IMAGE="$BASE" --build-arg TORCH_INDEX_URL= -t "$IMAGE" . >"$work/build.log" 2>&1 \
+  || { tail -40 "$work/build.log" >&2; fail "docker build"; }
+rm -f docker/pip/ca.crt
+docker run --rm --entrypoint sh "$IMAGE" -c 'test ! -e /tmp/pip && ! grep -rqs "BEGIN CERTIFICATE" /app' || fail "build secrets in the image"
+size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
+step "3 build $IMAGE ($((size / 1024 / 1024)) MiB)"
+
+# 4. up, with a short training
+"${COMPOSE[@]}" up -d >"$work/up1.log" 2>&1 || { cat "$work/up1.log" >&2; fail "docker-compose up"; }
+step "4 docker-compose up -d (init: train + gallery)"
+
+# 5. health
+wait_ready() {
+  for _ in $(seq 300); do
+    curl -fsS "$URL/readyz" >/dev/null 2>&1 && return 0
+    sleep 2
+  done
+  fail "$URL/readyz not 200 within 600 s"
+}
+wait_ready
+step "5 /readyz 200"
+
+# 6. the API from the host
+python3 - "$work/q.png" <<'EOF'
+import struct, sys, zlib
+w = h = 28
+rows = b"".join(b"\x00" + bytes(255 if 8 < x < 20 and 4 < y < 24 else 0 for x in range(w)) for y in range(h))
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+open(sys.argv[1], "wb").write(png)
+EOF
+classify=$(curl -fsS -F "file=@$work/q.png" "$URL/classify?k=3") || fail "/classify"
+echo "$classify" | grep -q '"predictions":\[{"index"' || fail "/classify answered $classify"
+similar=$(curl -fsS -F "file=@$work/q.png" "$URL/similar?k=5") || fail "/similar"
+echo "$similar" | grep -q '"count":5' || fail "/similar answered $similar"
+added=$(curl -fsS -H "Authorization: Bearer $KEY" -F "file=@$work/q.png" -F label=smoke "$URL/images") || fail "POST /images"
+id=$(echo "$added" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["id"])')
+curl -fsS -o /dev/null "$URL/images/$id" || fail "GET /images/$id"
+step "6 classify, similar, add (id $id), fetch over HTTP"
+
+# 7. down and up again: the volume keeps weights and gallery
+"${COMPOSE[@]}" down >/dev/null 2>&1
+"${COMPOSE[@]}" up -d >"$work/up2.log" 2>&1 || { cat "$work/up2.log" >&2; fail "second docker-compose up"; }
+# (down removed the containers: these logs are the second init's alone)
+"${COMPOSE[@]}" logs init | grep -q "training the default model" && fail "the second up trained again"
+"${COMPOSE[@]}" logs init | grep -q "building the gallery" && fail "the second up rebuilt the gallery"
+wait_ready
+curl -fsS "$URL/images/$id/meta" | grep -q '"label":"smoke"' || fail "image $id did not survive down/up"
+step "7 down + up: no retraining, gallery and image $id kept"
+
+# 8. everything down (the trap removes the rest)
+"${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1
+step "8 down -v"
+echo "[smoke] passed in $(( $(date +%s) - t_start ))s; image $((size / 1024 / 1024)) MiB"
