@@ -66,6 +66,8 @@ assert max(MIGRATIONS) == SCHEMA_VERSION
 class PostgresStore(Store):
     """A gallery in one PostgreSQL database, through a psycopg 3 connection pool."""
 
+    images_table, changes_table, marker = "alexnet_images", "alexnet_changes", "%s"
+
     def __init__(self, url: str, *, readonly: bool = False, pool_size: int = 8) -> None:
         super().__init__()
         import psycopg
@@ -231,8 +233,8 @@ class PostgresStore(Store):
         extra = row[8] if isinstance(row[8], dict) else json.loads(row[8])
         return ImageRecord(int(row[0]), row[1], row[2], row[3], int(row[4]), int(row[5]), "", float(row[7]), extra)
 
-    def _rows(self, sql: str, params: Sequence[Any] = (), what: str = "read failed") -> list[Any]:
-        with self._conn(what) as conn:
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._conn("read failed") as conn:
             return list(conn.execute(sql, params).fetchall())
 
     def get_many(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
@@ -245,38 +247,10 @@ class PostgresStore(Store):
         rows = self._rows("SELECT data, suffix FROM alexnet_images WHERE id = %s", (image_id,))
         return (bytes(rows[0][0]), str(rows[0][1])) if rows else None
 
-    @staticmethod
-    def _stack(rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-        return np.array([r[0] for r in rows], dtype=np.int64), np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         if not len(ids):
             return self._stack([])
         return self._stack(self._rows("SELECT id, vector FROM alexnet_images WHERE id = ANY(%s) ORDER BY id", ([int(i) for i in ids],)))
-
-    def iter_vectors(self, batch: int = 2048) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        last = -1
-        while True:
-            rows = self._rows("SELECT id, vector FROM alexnet_images WHERE id > %s ORDER BY id LIMIT %s", (last, batch))
-            if not rows:
-                return
-            last = int(rows[-1][0])
-            yield self._stack(rows)
-
-    def count(self) -> int:
-        return int(self._rows("SELECT count(*) FROM alexnet_images")[0][0])
-
-    def all_ids(self) -> np.ndarray:
-        return np.array([r[0] for r in self._rows("SELECT id FROM alexnet_images ORDER BY id")], dtype=np.int64)
-
-    def last_seq(self) -> int:
-        return int(self._rows("SELECT coalesce(max(seq), 0) FROM alexnet_changes")[0][0])
-
-    def changes_after(self, seq: int, limit: int = 10_000) -> list[tuple[int, str, int]]:
-        rows = self._rows("SELECT seq, op, image_id FROM alexnet_changes WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit))
-        return [(int(s), str(op), int(i)) for s, op, i in rows]
 
     # -- following -------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ def _failure(e: BaseException, what: str) -> StoreError:
 
 class SQLiteStore(Store):
     """SQLite store plus the ``images/`` directory, under one index directory."""
+
+    images_table, changes_table, marker = "images", "changes", "?"
 
     def __init__(self, directory: str | os.PathLike[str], *, readonly: bool = False) -> None:
         super().__init__()
@@ -132,8 +134,8 @@ class SQLiteStore(Store):
     # -- metadata ----------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
-        row = self._query("SELECT value FROM meta WHERE key = ?", (key,), one=True)
-        return None if row is None else str(row[0])
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction("cannot write metadata") as tx:
@@ -194,11 +196,10 @@ class SQLiteStore(Store):
             raise StoreError(f"{self.path}: the store is open read-only")
         return SQLiteStore._Tx(self, what)
 
-    def _query(self, sql: str, params: Sequence[Any] = (), *, one: bool = False) -> Any:
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             with self._lock:
-                cur = self._db.execute(sql, params)
-                return cur.fetchone() if one else cur.fetchall()
+                return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as e:
             raise _failure(e, f"{self.path}: read failed") from e
 
@@ -278,7 +279,7 @@ class SQLiteStore(Store):
         out: dict[int, ImageRecord] = {}
         for start in range(0, len(ids), 500):
             chunk = list(ids[start : start + 500])
-            rows = self._query(f"SELECT {self._COLS} FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            rows = self._rows(f"SELECT {self._COLS} FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             out.update((int(r[0]), self._record(r)) for r in rows)
         return out
 
@@ -293,41 +294,13 @@ class SQLiteStore(Store):
         except OSError as e:
             raise StoreError(f"{self.dir / rec.file}: cannot read the stored image ({e})") from e
 
-    @staticmethod
-    def _stack(rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-        return np.array([r[0] for r in rows], dtype=np.int64), np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-
     def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         rows: list[Any] = []
         ordered = sorted(ids)
         for start in range(0, len(ordered), 500):
             chunk = ordered[start : start + 500]
-            rows += self._query(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk)
+            rows += self._rows(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk)
         return self._stack(rows)
-
-    def iter_vectors(self, batch: int = 2048) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        last = -1
-        while True:
-            rows = self._query("SELECT id, vector FROM images WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
-            if not rows:
-                return
-            last = int(rows[-1][0])
-            yield self._stack(rows)
-
-    def count(self) -> int:
-        return int(self._query("SELECT count(*) FROM images", one=True)[0])
-
-    def all_ids(self) -> np.ndarray:
-        return np.array([r[0] for r in self._query("SELECT id FROM images ORDER BY id")], dtype=np.int64)
-
-    def last_seq(self) -> int:
-        return int(self._query("SELECT coalesce(max(seq), 0) FROM changes", one=True)[0])
-
-    def changes_after(self, seq: int, limit: int = 10_000) -> list[tuple[int, str, int]]:
-        rows = self._query("SELECT seq, op, image_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-        return [(int(s), str(op), int(i)) for s, op, i in rows]
 
     # -- upkeep ------------------------------------------------------------------------------
 
@@ -347,11 +320,11 @@ class SQLiteStore(Store):
 
     def check(self) -> list[str]:
         problems = []
-        files = [str(r[0]) for r in self._query("SELECT file FROM images")]
+        files = [str(r[0]) for r in self._rows("SELECT file FROM images")]
         missing = [f for f in files if not (self.dir / f).is_file()]
         if missing:
             problems.append(f"{len(missing)} image files missing, e.g. {missing[0]}")
-        ok = str(self._query("PRAGMA quick_check", one=True)[0])
+        ok = str(self._rows("PRAGMA quick_check")[0][0])
         if ok != "ok":
             problems.append(f"SQLite integrity: {ok}")
         return problems

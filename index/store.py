@@ -130,24 +130,47 @@ class Store(abc.ABC):
         found, vecs = self.vectors([image_id])
         return vecs[0].copy() if len(found) else None
 
+    # The reads below are the same SQL on both databases: table names and the parameter marker differ.
+    images_table: str
+    changes_table: str
+    marker: str  # "?" (sqlite3) or "%s" (psycopg)
+
     @abc.abstractmethod
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """All rows of a query; the database's errors become StoreError / StoreUnavailable."""
+
+    def _sql(self, template: str) -> str:
+        return template.format(images=self.images_table, changes=self.changes_table, p=self.marker)
+
+    @staticmethod
+    def _stack(rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(id, vector bytes) rows -> (ids (n,), vectors (n, d))."""
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        return np.array([r[0] for r in rows], dtype=np.int64), np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
     def iter_vectors(self, batch: int = 2048) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids (n,), vectors (n, d)) of every image in id order, a batch at a time."""
+        last, sql = -1, self._sql("SELECT id, vector FROM {images} WHERE id > {p} ORDER BY id LIMIT {p}")
+        while rows := self._rows(sql, (last, batch)):
+            last = int(rows[-1][0])
+            yield self._stack(rows)
 
-    @abc.abstractmethod
-    def count(self) -> int: ...
+    def count(self) -> int:
+        return int(self._rows(self._sql("SELECT count(*) FROM {images}"))[0][0])
 
-    @abc.abstractmethod
     def all_ids(self) -> np.ndarray:
         """Every stored id, ascending (int64)."""
+        return np.array([r[0] for r in self._rows(self._sql("SELECT id FROM {images} ORDER BY id"))], dtype=np.int64)
 
-    @abc.abstractmethod
     def last_seq(self) -> int:
         """The newest change number (0 for none)."""
+        return int(self._rows(self._sql("SELECT coalesce(max(seq), 0) FROM {changes}"))[0][0])
 
-    @abc.abstractmethod
     def changes_after(self, seq: int, limit: int = 10_000) -> list[tuple[int, str, int]]:
         """(seq, 'add' | 'delete', image id) of the changes after ``seq``, oldest first, at most ``limit``."""
+        rows = self._rows(self._sql("SELECT seq, op, image_id FROM {changes} WHERE seq > {p} ORDER BY seq LIMIT {p}"), (seq, limit))
+        return [(int(s), str(op), int(i)) for s, op, i in rows]
 
     # -- following and upkeep -------------------------------------------------------------------
 
