@@ -4,7 +4,6 @@ add that was answered 201 is there, with its image, and index, store and files a
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from index.index import ImageIndex
 from model.weights import read_meta
-from tests.app.conftest import API_KEY, AUTH, image_bytes
+from tests.app.conftest import API_KEY, AddingClients
 from tests.server import start_server
 
 
@@ -28,9 +27,8 @@ def test_sigkill_of_the_server_loses_no_answered_add(tmp_path: Path, small_weigh
         "ALEXNET_TORCH_THREADS": "1",
     }
     rng = random.Random(0)
-    answered: dict[int, int] = {}  # id -> seed of the image
-    lock = threading.Lock()
-    seeds = iter(range(10**6))
+    clients = AddingClients()
+    answered = clients.acked  # id -> seed of the image
     rounds = 5
     for round_ in range(rounds):
         proc, base = start_server(env, log=tmp_path / "server.log")
@@ -39,25 +37,7 @@ def test_sigkill_of_the_server_loses_no_answered_add(tmp_path: Path, small_weigh
         with httpx.Client(base_url=base, timeout=10) as c:  # everything answered before is there
             for image_id in answered:
                 assert c.get(f"/images/{image_id}").status_code == 200, f"answered add {image_id} lost before round {round_}"
-        stop = threading.Event()
-
-        def client() -> None:
-            with httpx.Client(base_url=base, timeout=10) as c:  # noqa: B023 - this round's server
-                while not stop.is_set():  # noqa: B023
-                    with lock:
-                        seed = next(seeds)
-                    files = [("files", (f"{seed}.png", image_bytes(seed, size=(40, 40)), "image/png"))]
-                    try:
-                        r = c.post("/images", files=files, headers=AUTH)
-                    except httpx.HTTPError:
-                        return  # the server is gone
-                    if r.status_code == 201:
-                        with lock:
-                            answered[r.json()["images"][0]["id"]] = seed
-
-        threads = [threading.Thread(target=client) for _ in range(3)]
-        for t in threads:
-            t.start()
+        clients.start([base] * 3)
         before = len(answered)
         deadline = time.monotonic() + 60
         while len(answered) < before + 5 and time.monotonic() < deadline:
@@ -65,9 +45,7 @@ def test_sigkill_of_the_server_loses_no_answered_add(tmp_path: Path, small_weigh
         time.sleep(rng.random() * 0.5)
         proc.kill()  # SIGKILL, somewhere inside an add, a commit or a snapshot
         proc.wait()
-        stop.set()
-        for t in threads:
-            t.join(20)
+        clients.stop()
         assert len(answered) >= before + 5, f"the clients did not get going in round {round_}"
     weights_hash = read_meta(small_weights).content_hash
     with ImageIndex(index_dir, weights_hash=weights_hash) as idx:

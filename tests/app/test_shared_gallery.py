@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.app.conftest import API_KEY, AUTH, image_bytes
+from tests.app.conftest import API_KEY, AUTH, AddingClients, image_bytes
 from tests.pg import PostgresServer
 from tests.server import ROOT, running_server, start_server, stop_server
 
@@ -190,12 +189,11 @@ def test_three_replicas_share_adds_deletes_and_duplicates(replicas: tuple[list[s
         barrier.wait()
         ids.append(add(base, 500))
 
-    with ExitStack():
-        threads = [threading.Thread(target=dup, args=(b,)) for b in bases[:2]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+    threads = [threading.Thread(target=dup, args=(b,)) for b in bases[:2]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
     assert len(ids) == 2 and ids[0] == ids[1]
     # a delete through one replica is seen everywhere
     victim = next(iter(acked))
@@ -212,36 +210,15 @@ def test_three_replicas_share_adds_deletes_and_duplicates(replicas: tuple[list[s
 
 def test_sigkill_of_a_replica_during_adds_loses_nothing(replicas: tuple[list[str], Callable[[int], None], str]) -> None:
     bases, restart, url = replicas
-    acked: dict[int, int] = {}
-    lock = threading.Lock()
-    seeds = iter(range(1000, 10**6))
+    clients = AddingClients()
+    acked = clients.acked
     for round_ in range(3):
-        stop = threading.Event()
-
-        def client(base: str) -> None:
-            with httpx.Client(base_url=base, timeout=10) as c:
-                while not stop.is_set():  # noqa: B023
-                    with lock:
-                        seed = next(seeds)
-                    files = [("files", (f"{seed}.png", image_bytes(seed, size=(40, 40)), "image/png"))]
-                    try:
-                        r = c.post("/images", files=files, headers=AUTH)
-                    except httpx.HTTPError:
-                        return  # the replica is gone
-                    if r.status_code == 201:
-                        with lock:
-                            acked[r.json()["images"][0]["id"]] = seed
-
-        threads = [threading.Thread(target=client, args=(b,)) for b in (bases[2], bases[2], bases[0])]
-        for t in threads:
-            t.start()
+        clients.start([bases[2], bases[2], bases[0]])
         before = len(acked)
         eventually(lambda before=before: len(acked) >= before + 6, "adds going", timeout=60)  # type: ignore[misc]
         time.sleep(0.1 * round_)
         restart(2)  # SIGKILL somewhere inside an add, then a fresh start
-        stop.set()
-        for t in threads:
-            t.join(30)
+        clients.stop()
         for base in bases:
             r = httpx.get(f"{base}/readyz", timeout=10)
             assert r.status_code == 200 and r.json()["status"] == "ready", r.text
