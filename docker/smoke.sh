@@ -77,8 +77,13 @@ step "1 docker engine"
 # 2. the base image (Docker Hub is out of reach here)
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   command -v debootstrap >/dev/null || { echo "no debootstrap: apt-get install debootstrap" >&2; exit 1; }
-  debootstrap --variant=minbase --include=python3,python3-venv,make,curl,ca-certificates \
-    bookworm "$work/rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 || fail "debootstrap (see $work/debootstrap.log)"
+  bootstrap() {
+    rm -rf "$work/rootfs"
+    debootstrap --variant=minbase --include=python3,python3-venv,make,curl,ca-certificates \
+      bookworm "$work/rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1
+  }
+  bootstrap || { echo "[smoke] retrying debootstrap once (package registries)" >&2; sleep 10; bootstrap; } \
+    || fail "debootstrap (see $work/debootstrap.log)"
   tar -C "$work/rootfs" -c . | docker import - "$BASE" >/dev/null
   rm -rf "$work/rootfs"
   made_base=1
@@ -93,8 +98,11 @@ pip_cert() {
 }
 cert=$(pip_cert)
 [ -n "$cert" ] && [ -f "$cert" ] && cp "$cert" docker/pip/ca.crt
-DOCKER_BUILDKIT=0 docker build --network host -q -f docker/Dockerfile \
-  --build-arg BASE_IMAGE="$BASE" --build-arg TORCH_INDEX_URL= -t "$IMAGE" . >"$work/build.log" 2>&1 \
+build() {
+  DOCKER_BUILDKIT=0 docker build --network host -q -f docker/Dockerfile \
+    --build-arg BASE_IMAGE="$BASE" --build-arg TORCH_INDEX_URL= -t "$IMAGE" . >"$work/build.log" 2>&1
+}
+build || { tail -20 "$work/build.log" >&2; echo "[smoke] retrying the build once (package registries)" >&2; build; } \
   || { tail -40 "$work/build.log" >&2; fail "docker build"; }
 rm -f docker/pip/ca.crt
 docker run --rm --entrypoint sh "$IMAGE" -c 'test ! -e /tmp/pip && ! grep -rqs "BEGIN CERTIFICATE" /app' || fail "build secrets in the image"
