@@ -31,8 +31,9 @@ import faiss
 import numpy as np
 
 from bench.common import machine, percentile, table
-from index.index import auto_factory, base_index, default_nprobe, normalise, rescore, train_index
+from index.factory import auto_factory, base_index, default_nprobe, rescore, train_index
 from index.quality import recall_at_k
+from model.vectors import l2_normalise as normalise
 
 CACHE = Path("data/bench")
 DIM = 4096

@@ -1,45 +1,29 @@
-"""``ImageIndex``: a FAISS cosine index over L2-normalised fc7 vectors, backed by the durable store.
+"""``ImageIndex``: a FAISS cosine index over L2-normalised fc7 vectors, following its durable store.
 
-- Inner product over unit vectors is cosine similarity. Ids come from the store and
-  survive deletes (``IndexIDMap2``).
-- Exact search (``IndexFlatIP``) for small collections; a FAISS factory string (e.g.
-  ``PCA256,IVF1024,Flat`` or ``HNSW32``) for collections that outgrow exact search,
-  trained on a sample of the stored vectors. ``auto`` (the service's default) is exact
-  below ``auto_threshold`` vectors and ``PCA256,IVF<nlist>,Flat`` above, rebuilt in a
-  background thread when the collection crosses a size step (searches and adds go on
-  against the old index meanwhile; changes made during the build are replayed).
-- Compressed indexes search by L2 distance, which on unit vectors ranks exactly as cosine
-  does (|x - q|^2 = 2 - 2 cos) and, unlike the inner product, is not changed by the centring
-  that PCA applies (inner products in PCA space rank by <x - m, q - m>, which on fc7 vectors,
-  all near their mean m, is far from cosine order). Scores are 1 - d / 2.
-- Their ``rerank`` best candidates are re-scored exactly with the stored fp32 vectors, so
-  results and scores are exact cosines of the candidates: the neighbours of an fc7 vector
-  differ by about 1e-5 in cosine, below what PCA or 8-bit codes preserve.
 - The store (``index.store``: SQLite by default, PostgreSQL for replicas) is the truth; each
   process's FAISS index is derived from it and follows its change log, whoever wrote the change.
-- The FAISS file ``index.faiss`` is a snapshot: one file holding a header (magic, the number
-  of the last change the index holds, the weights hash, the factory, a checksum) and the
-  serialised index, written atomically. Opening loads it and applies the store's newer
-  changes; a missing, stale-format, truncated, tampered or foreign snapshot (one that holds
-  changes the store does not have) is rebuilt from the store.
-- The index records the content hash of the weights that made its vectors and refuses
-  to open with other weights.
-- Searches run concurrently; installing changes takes the writer side of a lock, for as long
-  as the FAISS calls take (the store is read before).
+  Ids come from the store and survive deletes (``IndexIDMap2``).
+- Exact search for small collections; a FAISS factory string (e.g. ``PCA256,IVF1024,Flat`` or
+  ``HNSW32``) for larger ones, trained on a sample of the stored vectors (``index.factory``). ``auto``
+  (the service's default) is exact below ``auto_threshold`` vectors and ``PCA256,IVF<nlist>,Flat``
+  above, rebuilt in a background thread when the collection crosses a size step (searches and adds
+  go on against the old index meanwhile; changes made during the build are applied before the swap).
+- The snapshot ``index.faiss`` (``index.snapshot``) holds the index and the number of the last change
+  it holds. Opening loads it and applies the store's newer changes; a missing, stale-format,
+  truncated, tampered or foreign snapshot (one that holds changes the store does not have) is
+  rebuilt from the store.
+- The store records the content hash of the weights that made its vectors; other weights are refused.
+- Searches run concurrently; installing changes takes the writer side of a lock, for as long as the
+  FAISS calls take (the store is read before).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import os
-import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,57 +31,21 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index.errors import IndexError_, WeightsMismatch
+from index.factory import AUTO, DEFAULT_DIM, auto_factory, default_nprobe, is_exact, new_faiss, rescore, train_index
+from index.rwlock import RWLock
+from index.snapshot import SNAPSHOT, read_snapshot, write_snapshot
 from index.store import ImageRecord, NewImage, Store, StoreError, StoreUnavailable, open_store
-from model.files import atomic_write
 from model.vectors import l2_normalise as normalise
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "AddResult",
-    "Hit",
-    "ImageIndex",
-    "IndexError_",
-    "WeightsMismatch",
-    "auto_factory",
-    "base_index",
-    "default_nprobe",
-    "normalise",
-    "rescore",
-    "train_index",
-]
-
-SNAPSHOT = "index.faiss"
-MAGIC = b"ALEXIDX1"
-DEFAULT_DIM = 4096
-AUTO = "auto"
-
-
-def auto_factory(n: int, threshold: int, dim: int = DEFAULT_DIM) -> str:
-    """What ``auto`` uses for n vectors: exact below ``threshold``; then PCA to 256 dimensions (a
-    quarter of smaller ones, or of n) and an inverted file of about 4 sqrt(n) lists (a power of two, at most
-    65536 and at most n / 39, so that k-means has 39 points per centroid) over fp32 codes."""
-    if n < threshold:
-        return "flat"
-    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
-    nlist = max(1, min(65536, nlist, 2 ** int(math.log2(max(1, n // 39)))))
-    return f"PCA{max(1, min(256, dim // 4, n // 4))},IVF{nlist},Flat"  # (PCA must have more samples than outputs)
-
-
-def is_exact(factory: str) -> bool:
-    return factory.lower() in ("", "flat", "exact")
-
-
-class IndexError_(RuntimeError):
-    """The index cannot be opened or used; the message names the directory or file."""
+__all__ = ["SNAPSHOT", "AddResult", "Hit", "ImageIndex", "IndexError_", "WeightsMismatch", "normalise"]
 
 
 class _Cancelled(Exception):
     """A background rebuild stopped because the index is closing."""
 
-
-class WeightsMismatch(IndexError_):
-    """The index holds vectors made by other weights than the ones loaded."""
 
 
 @dataclass(frozen=True)
@@ -113,114 +61,6 @@ class AddResult:
     created: bool  # False: an exact duplicate (same SHA-256) was already stored
     near_duplicate_of: int | None = None
     near_duplicate_score: float | None = None
-
-
-class _RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-def base_index(dim: int, factory: str) -> faiss.Index:
-    """The FAISS index for a factory: exact inner product, or L2 for the others (see the module docstring)."""
-    if is_exact(factory):
-        return faiss.IndexFlatIP(dim)
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_L2)
-    except RuntimeError as e:
-        raise IndexError_(f"invalid FAISS factory string {factory!r}: {str(e).splitlines()[-1]}") from e
-
-
-def _new_faiss(dim: int, factory: str) -> faiss.Index:
-    return faiss.IndexIDMap2(base_index(dim, factory))
-
-
-def default_nprobe(nlist: int) -> int:
-    """Inverted lists searched by default: nlist / 64, at least 16 (recall@10 0.996 at 10^5 and 10^6, bench/RESULTS.md)."""
-    return min(nlist, max(16, nlist // 64))
-
-
-def rescore(query: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates ``ids`` with their unit ``vectors`` (rows), best first by exact cosine to ``query``: (ids, scores)."""
-    scores = vectors @ query
-    order = np.argsort(-scores, kind="stable")
-    return ids[order], scores[order]
-
-
-def _first_pca(index: faiss.Index) -> Any:
-    """The PCAMatrix an index applies first (inside the id map), or None."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else faiss.downcast_index(index)
-    if isinstance(inner, faiss.IndexPreTransform) and inner.chain.size():  # type: ignore[attr-defined]
-        vt = faiss.downcast_VectorTransform(inner.chain.at(0))  # type: ignore[attr-defined]
-        if isinstance(vt, faiss.PCAMatrix):
-            return vt
-    return None
-
-
-def _train_pca(pca: Any, sample: np.ndarray) -> None:
-    """Train a plain FAISS PCAMatrix with numpy's float32 eigh (about 15 s at 4096 dimensions,
-    against 85 s for FAISS's own routine), keeping only the d_out eigenvectors it uses."""
-    mean = sample.mean(0, dtype=np.float64).astype(np.float32)
-    centred = sample - mean
-    if len(sample) < sample.shape[1]:  # fewer samples than dimensions: the SVD of the samples is cheaper
-        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-        eigenvalues, top = singular**2 / max(1, len(sample) - 1), vt[: pca.d_out]
-    else:
-        cov = (centred.T @ centred) / max(1, len(sample) - 1)
-        eigenvalues, vectors = np.linalg.eigh(cov)
-        order = np.argsort(eigenvalues)[::-1]
-        eigenvalues, top = eigenvalues[order], vectors[:, order[: pca.d_out]].T  # rows: eigenvectors
-    faiss.copy_array_to_vector(mean, pca.mean)
-    faiss.copy_array_to_vector(np.ascontiguousarray(eigenvalues, dtype=np.float32), pca.eigenvalues)
-    top = np.ascontiguousarray(top, dtype=np.float32)
-    faiss.copy_array_to_vector(top.ravel(), pca.PCAMat)
-    pca.is_trained = True
-    pca.prepare_Ab()
-
-
-def train_index(index: faiss.Index, sample: np.ndarray) -> None:
-    """Train an index built from a factory string on a sample (a leading PCA with numpy's eigh)."""
-    pca = _first_pca(index)
-    if pca is not None and not pca.is_trained and pca.eigen_power == 0 and not pca.random_rotation and pca.balanced_bins == 0:
-        if len(sample) <= pca.d_out:
-            raise IndexError_(
-                f"PCA to {pca.d_out} dimensions needs more than {pca.d_out} stored vectors to train on, there are {len(sample)}"
-            )
-        _train_pca(pca, sample)
-    index.train(sample)  # a trained transform is skipped; the rest is trained on its output
 
 
 class ImageIndex:
@@ -267,7 +107,7 @@ class ImageIndex:
         self._closing = False  # stops a background rebuild and the follower
         self._failed: str | None = None  # a factory whose background build failed
         self.recovered: str | None = None  # why the snapshot was rebuilt at open, if it was
-        self._lock = _RWLock()  # searches read; installing changes into self.index writes
+        self._lock = RWLock()  # searches read; installing changes into self.index writes
         self._sync_mutex = threading.RLock()  # one changer of the FAISS index at a time: adds, deletes, syncs, swaps
         self._tombstones: set[int] = set()  # deleted ids an index type cannot remove (HNSW); filtered out
         self._changes_since_snapshot = 0
@@ -302,7 +142,7 @@ class ImageIndex:
         """(weights hash, dimension, configured factory). A factory given here replaces the stored one
         (the index is rebuilt with it); None keeps the stored one (``auto`` for a new index)."""
         if factory is not None and not is_exact(factory) and factory != AUTO:
-            _new_faiss(dim, factory)  # a bad factory string fails here, naming it
+            new_faiss(dim, factory)  # a bad factory string fails here, naming it
         stored = self.store.get_meta("weights_hash")
         if stored is None:
             if self.store.count():
@@ -339,22 +179,14 @@ class ImageIndex:
         if not p.is_file():
             return None
         try:
-            data = p.read_bytes()
-            if data[:8] != MAGIC:
-                raise ValueError("bad magic")
-            (hlen,) = struct.unpack("<I", data[8:12])
-            header = json.loads(data[12 : 12 + hlen])
-            body = data[12 + hlen :]
-            if hashlib.sha256(body).hexdigest() != header["sha256"]:
-                raise ValueError("checksum mismatch (truncated or modified)")
+            index, header = read_snapshot(p)
             if header["weights_hash"] != self.weights_hash or header["dim"] != self.dim:
                 raise ValueError("made for other weights or dimension")
             head = self.store.last_seq()
             if int(header["seq"]) > head:
                 raise ValueError(f"it holds change {header['seq']}, newer than the store's last ({head}): made from another store")
-            index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))
             return index, int(header["seq"]), str(header["factory"])
-        except (ValueError, KeyError, OSError, RuntimeError, struct.error) as e:
+        except (ValueError, KeyError, OSError) as e:
             log.warning("snapshot %s unusable (%s); rebuilding from the store", p, e)
             self.recovered = f"{p} was unusable ({e}) and was rebuilt from the store"
             return None
@@ -370,19 +202,9 @@ class ImageIndex:
         """(Holding the sync mutex: nothing changes the index meanwhile, searches go on.) Tombstones force a rebuild first."""
         if self._tombstones:
             self._replace(*self._fresh(self.factory))
-        body = faiss.serialize_index(self.index).tobytes()
-        header = json.dumps(
-            {
-                "seq": self.applied_seq,
-                "weights_hash": self.weights_hash,
-                "dim": self.dim,
-                "factory": self.factory,
-                "ntotal": int(self.index.ntotal),
-                "sha256": hashlib.sha256(body).hexdigest(),
-            }
-        ).encode()
+        header = {"seq": self.applied_seq, "weights_hash": self.weights_hash, "dim": self.dim, "factory": self.factory}
         try:
-            atomic_write(self.snapshot_path, MAGIC + struct.pack("<I", len(header)) + header + body)
+            write_snapshot(self.snapshot_path, self.index, header)
         except OSError as e:
             raise StoreError(f"{self.snapshot_path}: cannot write the index snapshot ({e})") from e
         self._changes_since_snapshot = 0
@@ -511,7 +333,7 @@ class ImageIndex:
         """A new index holding the store's vectors, and the change number read before them: every change up to
         it is in the index; later ones may be (``_catch_up`` sorts that out)."""
         seq = self.store.last_seq()
-        index = _new_faiss(self.dim, factory)
+        index = new_faiss(self.dim, factory)
         if not index.is_trained:
             sample = self._training_sample()
             if len(sample) == 0:
