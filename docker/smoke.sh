@@ -61,6 +61,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM  # (so that the EXIT trap cleans up after a signal too)
 
 # 1. the engine
 bash docker/system-deps.sh docker
