@@ -48,7 +48,8 @@ class ServiceState:
 
     def require_index(self) -> ImageIndex:
         if self.index is None:
-            raise HTTPException(503, f"index not available: {'; '.join(self.all_problems()) or 'starting'}", headers={"Retry-After": "5"})
+            retry = {"Retry-After": "5"} if self.index_retryable or not self.all_problems() else None  # (starting, or the store is away)
+            raise HTTPException(503, f"index not available: {'; '.join(self.all_problems()) or 'starting'}", headers=retry)
         return self.index
 
     def model_info(self) -> ModelInfo:

@@ -59,7 +59,7 @@ def _env(weights: Path, index_dir: Path, url: str | None) -> dict[str, str]:
 def _run_clients(bases: list[str], clients: int, seconds: float, request: Callable[[httpx.Client, int], int]) -> tuple[int, list[float]]:
     """``clients`` threads, client i on server i % len(bases), for ``seconds``: (requests answered 2xx, latencies)."""
     latencies: list[float] = []
-    errors: list[int] = []
+    failures: list[int] = []  # statuses other than 2xx
     lock = threading.Lock()
     counter = iter(range(10**9))
     stop = time.monotonic() + seconds
@@ -73,15 +73,18 @@ def _run_clients(bases: list[str], clients: int, seconds: float, request: Callab
                 status = request(c, n)
                 dt = time.perf_counter() - t
                 with lock:
-                    (latencies if status < 300 else errors).append(dt if status < 300 else status)
+                    if status < 300:
+                        latencies.append(dt)
+                    else:
+                        failures.append(status)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    if errors:
-        raise RuntimeError(f"{len(errors)} requests failed, e.g. status {errors[0]}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} requests failed, e.g. status {failures[0]}")
     return len(latencies), latencies
 
 

@@ -24,7 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from index.store import SCHEMA_VERSION, AddOutcome, ImageRecord, NewImage, Store, StoreError, StoreUnavailable, redact_url
+from index.store import (
+    SCHEMA_VERSION,
+    AddOutcome,
+    ImageRecord,
+    NewImage,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    check_vectors,
+    redact_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +193,7 @@ class PostgresStore(Store):
     # -- writes --------------------------------------------------------------------------------
 
     def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
-        for item in items:
-            if item.vector.dtype != np.float32 or item.vector.ndim != 1:
-                raise ValueError(f"vector must be 1-d float32, got {item.vector.dtype} {item.vector.shape}")
+        check_vectors(items)
         results: list[AddOutcome] = []
         with self._write("cannot store images") as conn:
             now = time.time()

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from index.store import SCHEMA_VERSION, AddOutcome, ImageRecord, NewImage, Store, StoreError, StoreUnavailable
+from index.store import SCHEMA_VERSION, AddOutcome, ImageRecord, NewImage, Store, StoreError, StoreUnavailable, check_vectors
 from model.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -209,9 +209,7 @@ class SQLiteStore(Store):
         return self.images_dir / sha256[:2] / f"{sha256}{suffix}"
 
     def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
-        for item in items:
-            if item.vector.dtype != np.float32 or item.vector.ndim != 1:
-                raise ValueError(f"vector must be 1-d float32, got {item.vector.dtype} {item.vector.shape}")
+        check_vectors(items)
         results: list[AddOutcome] = []
         with self._transaction("cannot store images") as tx:
             db, now = tx.db, time.time()

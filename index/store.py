@@ -35,6 +35,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "check_vectors",
     "open_store",
     "redact_url",
 ]
@@ -79,6 +80,13 @@ class ImageRecord:
 
 
 AddOutcome = tuple[int, bool, np.ndarray | None]  # (id, created, the vector if created)
+
+
+def check_vectors(items: Sequence[NewImage]) -> None:
+    """Every store keeps 1-d float32 vectors; anything else is the caller's mistake, refused before writing."""
+    for item in items:
+        if item.vector.dtype != np.float32 or item.vector.ndim != 1:
+            raise ValueError(f"vector must be 1-d float32, got {item.vector.dtype} {item.vector.shape}")
 
 
 class Store(abc.ABC):

@@ -90,21 +90,18 @@ class Source:
         ``shard=(rank, world)``: this process reads only its share of each batch (every world-th image, as
         ``DistributedSampler`` does); ``drop_last``: leave out a last batch smaller than ``batch_size``;
         ``skip``: start after that many batches without reading them (resuming inside an epoch)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _plan(
-        n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None, shard: tuple[int, int], drop_last: bool, skip: int
-    ) -> list[Tensor]:
-        """The indices this process reads, batch by batch (see ``batches``)."""
         rank, world = shard
         if not 0 <= rank < world:
             raise ValueError(f"shard {shard}: rank must be in [0, world)")
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         chunks = list(order.split(batch_size))
         if drop_last and chunks and len(chunks[-1]) < batch_size:
             chunks.pop()
-        return [c[rank::world] for c in chunks[skip:]]
+        return self._read([c[rank::world] for c in chunks[skip:]])
+
+    def _read(self, plan: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        """(uint8 images, labels) of each batch of indices in ``plan``, counting them in ``loaded``."""
+        raise NotImplementedError
 
     def pixel_sample(self, max_images: int = 2000, seed: int = 0) -> Tensor:
         """(N, 3) float RGB values in [0, 1] from up to ``max_images`` images, for statistics."""
@@ -150,19 +147,10 @@ class TensorSource(Source):
     def subset(self, n: int) -> TensorSource:
         return TensorSource(self.originals[:n], self.labels[:n], self.class_names)
 
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        generator: torch.Generator | None = None,
-        shard: tuple[int, int] = (0, 1),
-        drop_last: bool = False,
-        skip: int = 0,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
+    def _read(self, plan: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         if self._resized is None:
             raise RuntimeError("call at_size() first")
-        for idx in self._plan(len(self), batch_size, shuffle, generator, shard, drop_last, skip):
+        for idx in plan:
             self.loaded += len(idx)
             yield self._resized[idx], self.labels[idx]
 
@@ -315,20 +303,10 @@ class FolderSource(Source):
         sub.files = [self.files[i] for i in keep]
         return sub
 
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        generator: torch.Generator | None = None,
-        shard: tuple[int, int] = (0, 1),
-        drop_last: bool = False,
-        skip: int = 0,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        plan = [idx.tolist() for idx in self._plan(len(self), batch_size, shuffle, generator, shard, drop_last, skip)]
+    def _read(self, plan: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         loader = DataLoader(
             _FolderDataset(self.files, self.size),
-            batch_sampler=[b for b in plan if b],  # only this process's share is ever decoded
+            batch_sampler=[idx.tolist() for idx in plan if len(idx)],  # only this process's share is ever decoded
             num_workers=self.workers,
             collate_fn=_collate,
             persistent_workers=False,

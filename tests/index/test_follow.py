@@ -48,7 +48,7 @@ def test_an_add_by_another_process_is_applied_at_restart_not_skipped(tmp_path: P
     server = replica(tmp_path, store_url, "server")  # not following: only the snapshot stamp can save the add
     server.add([item(1)])
     cli = replica(tmp_path, store_url, "cli")
-    ((cli_add,),) = [cli.add([item(2)])]
+    (cli_add,) = cli.add([item(2)])
     cli.close()
     server.close()  # writes its snapshot: it holds change 1 only
     assert snapshot_seq(server.dir) == 1
