@@ -62,7 +62,11 @@ def test_upload_shows_top5_and_similar_images(tmp_path: Path) -> None:
                 labels = page.locator("#top5 .bar").evaluate_all("rows => rows.map(r => r.dataset.label)")
                 assert len(labels) == 5 and all(label.startswith("class-") for label in labels)
                 assert page.locator("#grid .hit").count() == 6
-                assert page.locator("#grid .hit img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+                # the stored image loads and decodes (waited for: it is fetched after the grid is drawn)
+                page.wait_for_function(
+                    "() => { const i = document.querySelector('#grid .hit img'); return i && i.complete && i.naturalWidth > 0; }",
+                    timeout=30_000,
+                )
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
                 # a rejected file shows a clear message
