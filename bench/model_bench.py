@@ -145,7 +145,7 @@ def bench_allocator(batch: int = 16, rounds: int = 3, passes: int = 5) -> dict[s
 
 def _fmnist_test(predictor: Any, limit: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The Fashion-MNIST test images through the serving preprocessing, in batches of 250, and their labels."""
-    from training.data import fashion_mnist
+    from model.datasets import fashion_mnist
 
     src = fashion_mnist(split="test")
     n = len(src) if limit is None else min(limit, len(src))
@@ -190,8 +190,8 @@ def bench_extract(weights: Path, n: int = 2048, size: int = 224) -> dict[str, An
     from PIL import Image
 
     from index.extract import _batches, images_from_source
+    from model.datasets import fashion_mnist
     from model.predictor import Predictor
-    from training.data import fashion_mnist
 
     predictor = Predictor(weights)
     src = fashion_mnist(split="test")

@@ -50,7 +50,7 @@ def real_fc7(weights: Path) -> tuple[np.ndarray, np.ndarray]:
         return z["x"], z["y"]
     import torch
 
-    from training.data import fashion_mnist
+    from model.datasets import fashion_mnist
 
     xs, ys = [], []
     for split in ("train", "test"):

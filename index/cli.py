@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -50,26 +51,39 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from index.extract import add_images, images_from_source
+    from dataclasses import replace
+
+    from index.extract import Item, images_from_source
 
     predictor, index = _open(args, need_model=True)
+    failed = 0
     with index:
-        failed = 0
-        for name in args.images:
+        for name in args.images:  # a file, or a folder: every image in it (by content; other files are reported)
             ds = images_from_source(name, predictor)
-            item = ds[0]
-            if isinstance(item, tuple):
-                print(f"{name}: skipped ({item[1]})", file=sys.stderr)
-                failed += 1
-                continue
-            if args.label:
-                item.label = args.label
-            (r,) = add_images(index, predictor, [item], near_duplicate_threshold=args.near_duplicate)
-            note = "" if r.created else " (exact duplicate: already stored)"
-            if r.near_duplicate_of is not None:
-                note += f" (near duplicate of {r.near_duplicate_of}, cosine {r.near_duplicate_score:.3f})"
-            print(f"{name}: id {r.id}{note}")
+            batch: list[Item] = []
+            for i in range(len(ds)):  # type: ignore[arg-type]
+                item = ds[i]
+                if isinstance(item, tuple):
+                    print(f"{item[0]}: skipped ({item[1]})", file=sys.stderr)
+                    failed += 1
+                    continue
+                batch.append(Item(item.tensor, replace(item.image, label=args.label)) if args.label else item)
+                if len(batch) == 32:
+                    _add_batch(index, predictor, batch, args.near_duplicate)
+                    batch = []
+            if batch:
+                _add_batch(index, predictor, batch, args.near_duplicate)
     return 1 if failed else 0
+
+
+def _add_batch(index: Any, predictor: Any, items: list[Any], near_duplicate: float | None) -> None:
+    from index.extract import add_images
+
+    for item, r in zip(items, add_images(index, predictor, items, near_duplicate_threshold=near_duplicate), strict=True):
+        note = "" if r.created else " (exact duplicate: already stored)"
+        if r.near_duplicate_of is not None:
+            note += f" (near duplicate of {r.near_duplicate_of}, cosine {r.near_duplicate_score:.3f})"
+        print(f"{item.source}: id {r.id}{note}")
 
 
 def _remove(args: argparse.Namespace) -> int:

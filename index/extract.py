@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from index.index import AddResult, ImageIndex
 from index.store import NewImage
-from model.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, encode_for_store
+from model.datasets import fashion_mnist, image_files, read_image
+from model.decode import DEFAULT_MAX_PIXELS, DecodeError
 from model.predictor import Predictor
 from model.preprocess import pixels_transform
 
@@ -34,14 +35,12 @@ __all__ = ["BuildReport", "add_images", "build_index", "images_from_source"]
 
 @dataclass
 class Item:
-    tensor: Tensor
-    encoded: bytes
-    suffix: str
-    sha256: str
-    width: int
-    height: int
-    source: str
-    label: str | None
+    tensor: Tensor  # uint8 pixels for the forward pass
+    image: NewImage  # everything the add needs but the vector
+
+    @property
+    def source(self) -> str:
+        return self.image.source or ""
 
 
 @dataclass
@@ -57,16 +56,16 @@ class _Decoder:
     def __init__(self, transform: Callable[[Image.Image], Tensor], max_pixels: int) -> None:
         self.transform, self.max_pixels = transform, max_pixels
 
-    def from_bytes(self, data: bytes, source: str, label: str | None) -> Item | tuple[str, str]:
+    def from_file(self, path: Path, label: str | None) -> Item | tuple[str, str]:
         try:
-            d = decode_image(data, max_pixels=self.max_pixels)
+            d = read_image(path, max_pixels=self.max_pixels)
         except DecodeError as e:
-            return source, str(e)
-        return self.from_image(d.image, d.sha256, source, label)
+            return str(path), str(e)
+        return self.from_image(d.image, d.sha256, str(path), label, (d.width, d.height))
 
-    def from_image(self, image: Image.Image, sha256: str, source: str, label: str | None) -> Item:
-        encoded, suffix = encode_for_store(image)
-        return Item(self.transform(image), encoded, suffix, sha256, image.width, image.height, source, label)
+    def from_image(self, image: Image.Image, sha256: str, source: str, label: str | None, size: tuple[int, int]) -> Item:
+        pending = NewImage.of(image, sha256=sha256, width=size[0], height=size[1], source=source, label=label)
+        return Item(self.transform(image), pending)
 
 
 class _FolderDataset(Dataset[Item | tuple[str, str]]):
@@ -77,23 +76,15 @@ class _FolderDataset(Dataset[Item | tuple[str, str]]):
         return len(self.files)
 
     def __getitem__(self, i: int) -> Item | tuple[str, str]:
-        path = self.files[i]
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            return str(path), f"unreadable: {e}"
-        return self.decoder.from_bytes(data, str(path), self.labels.get(path))
+        return self.decoder.from_file(self.files[i], self.labels.get(self.files[i]))
 
 
 class _DataSetDataset(Dataset[Item | tuple[str, str]]):
     def __init__(self, spec: str, decoder: _Decoder, data_dir: str | None) -> None:
-        # Data-set readers live in training.data; imported only by this build command, never at serving time.
-        from training.data import fashion_mnist
-
         name, _, split = spec.partition(":")
         if name != "fashion-mnist":
             raise ValueError(f"unknown data set {name!r} (known: fashion-mnist:test, fashion-mnist:train)")
-        self.source = fashion_mnist(data_dir, split or "test") if data_dir else fashion_mnist(split=split or "test")
+        self.source = fashion_mnist(data_dir, split or "test")
         self.name = f"fashion-mnist:{split or 'test'}"
         self.decoder = decoder
 
@@ -104,17 +95,13 @@ class _DataSetDataset(Dataset[Item | tuple[str, str]]):
         image = self.source.pil_image(i)
         sha = hashlib.sha256(image.tobytes()).hexdigest()
         label = self.source.class_names[self.source.label(i)]
-        return self.decoder.from_image(image.convert("RGB"), sha, f"{self.name}:{i}", label)
+        return self.decoder.from_image(image.convert("RGB"), sha, f"{self.name}:{i}", label, image.size)
 
 
 def _collate(items: list[Item | tuple[str, str]]) -> tuple[list[Item], list[tuple[str, str]]]:
     good = [it for it in items if isinstance(it, Item)]
     bad = [it for it in items if not isinstance(it, Item)]
     return good, bad
-
-
-def _walk(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def images_from_source(
@@ -134,7 +121,7 @@ def images_from_source(
         root = Path(source)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
-        files = _walk(root) if root.is_dir() else [root]
+        files = image_files(root) if root.is_dir() else [root]
         labels = {p: p.parent.name for p in files if p.parent != root} if labels_from_folders and root.is_dir() else None
         ds = _FolderDataset(files, decoder, labels)
     if limit is not None:
@@ -155,19 +142,7 @@ def add_images(
         return []
     _, fc7 = predictor.forward(torch.stack([it.tensor for it in items]))
     vectors = fc7.numpy().astype(np.float32)
-    new = [
-        NewImage(
-            vector=v,
-            sha256=it.sha256,
-            encoded=it.encoded,
-            suffix=it.suffix,
-            width=it.width,
-            height=it.height,
-            source=it.source,
-            label=it.label,
-        )
-        for v, it in zip(vectors, items, strict=True)
-    ]
+    new = [replace(it.image, vector=v) for v, it in zip(vectors, items, strict=True)]
     return index.add(new, near_duplicate_threshold=near_duplicate_threshold)
 
 

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from model.decode import encode_for_store
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -64,6 +67,17 @@ class NewImage:
     source: str | None = None
     label: str | None = None
     extra: dict[str, Any] | None = None
+
+    @classmethod
+    def of(
+        cls, image: Image.Image, *, sha256: str, width: int, height: int, source: str | None, label: str | None,
+        vector: np.ndarray | None = None,
+    ) -> NewImage:  # fmt: skip
+        """The one way an add is described: ``image`` re-encoded for the store (``encode_for_store``), its declared
+        size and origin. The vector may be filled in later (``dataclasses.replace``), once the batch has run."""
+        encoded, suffix = encode_for_store(image)
+        vec = np.zeros(0, dtype=np.float32) if vector is None else vector
+        return cls(vec, sha256, encoded, suffix, width, height, source, label)
 
 
 @dataclass(frozen=True)

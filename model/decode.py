@@ -87,7 +87,10 @@ def _describe(data: bytes) -> str:
     return f"unknown bytes {data[:8].hex()}"
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Decoded:
+    """Decode ``data`` into one upright RGB image, or raise ``DecodeError``. ``min_side``: a JPEG is decoded at
+    the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least that long (Pillow's ``draft``); the
+    pixel limit still applies to the declared size, and ``width``/``height`` report it."""
     if not data:
         raise DecodeError("empty", "the file is empty (0 bytes)")
     fmt = sniff_format(data)
@@ -104,6 +107,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
             )
         if getattr(im, "is_animated", False):
             im.seek(0)  # first frame only; the others are never decoded
+        if min_side and fmt == "JPEG" and min(width, height) >= 2 * min_side:
+            im.draft(None, (min_side, min_side))  # type: ignore[arg-type]
         im.load()
         try:
             upright = ImageOps.exif_transpose(im) or im
@@ -121,7 +126,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         raise DecodeError("too_large", f"{fmt} image too large to decode") from e
     except Exception as e:  # Pillow decoders raise OSError, ValueError, SyntaxError, struct.error, EOFError, ...
         raise DecodeError("corrupt", f"cannot decode {fmt} image: {type(e).__name__}: {e}") from e
-    return Decoded(rgb, fmt, hashlib.sha256(data).hexdigest(), rgb.width, rgb.height)
+    w, h = rgb.size
+    if (w, h) not in ((width, height), (height, width)):  # decoded at a reduced scale: the declared size, upright
+        w, h = (width, height) if (w >= h) == (width >= height) else (height, width)
+    return Decoded(rgb, fmt, hashlib.sha256(data).hexdigest(), w, h)
 
 
 def encode_for_store(image: Image.Image, max_side: int = 512) -> tuple[bytes, str]:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import DataError, FolderSource, fashion_mnist, generated_shapes, open_source
+from model.datasets import DataError, fashion_mnist, generated_shapes
+from training.data import FolderSource, TensorSource, open_source
 
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
@@ -36,7 +37,7 @@ def test_fashion_mnist_reads_idx_files(tmp_path: Path, gz: bool) -> None:
     train, test = fashion_mnist(tmp_path, "train"), fashion_mnist(tmp_path, "test")
     assert len(train) == 40 and len(test) == 20 and train.class_names[9] == "Ankle boot"
     assert train.originals.shape == (40, 1, 28, 28) and train.labels.tolist()[:3] == [0, 1, 2]
-    src = train.at_size(73)
+    src = TensorSource.of(train).at_size(73)
     images, labels = next(src.batches(8, shuffle=False))
     assert images.shape == (8, 1, 73, 73) and images.dtype == torch.uint8 and labels.tolist() == list(range(8))
     assert train.pil_image(0).size == (28, 28)
@@ -82,3 +83,12 @@ def test_generated_set_is_deterministic_and_balanced() -> None:
     a, b = generated_shapes(n=16, seed=3), generated_shapes(n=16, seed=3)
     assert torch.equal(a.originals, b.originals)
     assert torch.bincount(a.labels).tolist() == [4, 4, 4, 4]
+
+
+def test_folder_decides_images_by_content_not_name(tmp_path: Path) -> None:
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (40, 30), (200, 0, 0)).save(tmp_path / "cat" / "photo.dat", format="PNG")  # an image under any name
+    (tmp_path / "cat" / "notes.jpg").write_text("not an image at all")
+    src = FolderSource(tmp_path, workers=0).at_size(16)
+    got = list(src.batches(4, shuffle=False))
+    assert sum(len(labels) for _, labels in got) == 1 and src.skipped == 1
