@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 
-__all__ = ["main"]
+__all__ = ["ERRORS", "main"]
+
+ERRORS = ()  # settings errors are ValueErrors: printed by the dispatcher (model/console.py)
 
 
 def main(argv: list[str]) -> int:
@@ -41,7 +43,7 @@ def main(argv: list[str]) -> int:
     settings = Settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(args.log_level.upper())
     store = "PostgreSQL (ALEXNET_STORE_URL)" if settings.store_url else f"index {settings.index_dir}"
     print(f"serving on http://{host}:{port}  (weights {settings.weights}, {store}, {args.workers} worker(s))", flush=True)
     if args.workers == 1:

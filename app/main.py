@@ -23,7 +23,7 @@ from app.state import ServiceState
 from index.index import ImageIndex, IndexError_
 from index.store import StoreError, StoreUnavailable
 from model.predictor import Predictor
-from model.runtime import retain_freed_memory
+from model.runtime import apply_memory_setting
 from model.weights import WeightsError
 
 log = logging.getLogger("app")
@@ -41,8 +41,6 @@ def _size_threads(settings: Settings) -> None:
         pass
     if settings.faiss_threads:
         faiss.omp_set_num_threads(settings.faiss_threads)
-    if settings.retain_freed_memory:
-        retain_freed_memory()
 
 
 def load_state(settings: Settings, metrics: Metrics) -> ServiceState:
@@ -98,6 +96,7 @@ async def retry_open_index(state: ServiceState, every_s: float = 2.0) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    apply_memory_setting()  # ALEXNET_RETAIN_FREED_MEMORY (model/runtime.py); a bad value stops the start here
     metrics = Metrics()
 
     @asynccontextmanager

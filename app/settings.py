@@ -53,9 +53,6 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="threads for the forward pass (0: one per core)")
     faiss_threads: int = Field(1, ge=0, description="OpenMP threads per FAISS search (0: FAISS's default)")
     decode_threads: int = Field(8, ge=1, description="threads decoding uploads and touching the index")
-    retain_freed_memory: bool = Field(
-        True, description="glibc: keep freed activation memory in the process (no page faults per forward pass; RSS stays at its peak)"
-    )
 
     index_factory: str = Field(
         "auto", description="auto: exact search below index_auto_threshold images, PCA256,IVF,Flat above; flat; or a FAISS factory string"

@@ -4,30 +4,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+from index.errors import IndexError_
+from index.store import StoreError
+from model.decode import DecodeError
+from model.weights import WeightsError
+
+__all__ = ["ERRORS", "main"]
+
+ERRORS = (IndexError_, StoreError, WeightsError, DecodeError)  # printed by the dispatcher (model/console.py)
 
 
-def _open(args: argparse.Namespace, *, need_model: bool):
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model of ``--weights`` and the index it made (or a new one)."""
     from index.index import ImageIndex
     from model.predictor import Predictor
-    from model.weights import read_meta
 
-    predictor = Predictor(args.weights) if need_model else None
-    weights_hash = predictor.weights_hash if predictor else read_meta(args.weights).content_hash
-    index = ImageIndex(args.index, weights_hash=weights_hash, factory=getattr(args, "factory", None), store_url=args.store_url)
+    predictor = Predictor(args.weights)
+    index = ImageIndex(args.index, weights_hash=predictor.weights_hash, factory=getattr(args, "factory", None), store_url=args.store_url)
     return predictor, index
 
 
 def _build(args: argparse.Namespace) -> int:
     from index.extract import build_index
 
-    predictor, index = _open(args, need_model=True)
+    predictor, index = _open(args)
     with index:
         report = build_index(
             index,
@@ -55,7 +60,7 @@ def _add(args: argparse.Namespace) -> int:
 
     from index.extract import Item, images_from_source
 
-    predictor, index = _open(args, need_model=True)
+    predictor, index = _open(args)
     failed = 0
     with index:
         for name in args.images:  # a file, or a folder: every image in it (by content; other files are reported)
@@ -87,8 +92,9 @@ def _add_batch(index: Any, predictor: Any, items: list[Any], near_duplicate: flo
 
 
 def _remove(args: argparse.Namespace) -> int:
-    _, index = _open(args, need_model=False)
-    with index:
+    from index.index import ImageIndex
+
+    with ImageIndex(args.index, weights_hash=_stored_hash(args), store_url=args.store_url) as index:
         rec = index.delete(args.id)
     if rec is None:
         print(f"no image with id {args.id}", file=sys.stderr)
@@ -110,17 +116,21 @@ def _stats(args: argparse.Namespace) -> int:
 def _stored_hash(args: argparse.Namespace) -> str:
     from index.store import open_store
 
+    """The weights hash an existing index was built with: commands that need no model open it with that."""
     store = open_store(args.index, args.store_url, readonly=True)
     try:
-        return store.get_meta("weights_hash") or ""
+        stored = store.get_meta("weights_hash")
     finally:
         store.close()
+    if not stored:
+        raise IndexError_(f"{store.location}: no index there yet (build one with `alexnet index build`)")
+    return stored
 
 
 def _search(args: argparse.Namespace) -> int:
     from model.decode import decode_image
 
-    predictor, index = _open(args, need_model=True)
+    predictor, index = _open(args)
     with index:
         image = decode_image(Path(args.image).read_bytes()).image
         hits = index.search(predictor.embed([image]), k=args.k)[0]
@@ -183,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-from-folders", action="store_true", help="label each image by its parent folder's name")
     p.add_argument("--limit", type=int)
     p.set_defaults(func=_build)
-    p = sub.add_parser("add", help="add image files")
+    p = sub.add_parser("add", help="add image files, or every image in a folder")
     p.add_argument("images", nargs="+")
     common(p)
     p.add_argument("--label")
@@ -191,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_add)
     p = sub.add_parser("remove", help="remove an image by id")
     p.add_argument("id", type=int)
-    common(p)
+    common(p, weights=False)
     p.set_defaults(func=_remove)
     p = sub.add_parser("stats", help="counts, weights hash, consistency")
     common(p, weights=False)
@@ -210,15 +220,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from index.index import IndexError_
-    from index.store import StoreError
-    from model.decode import DecodeError
-    from model.weights import WeightsError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv[1:])
-    try:
-        return int(args.func(args))
-    except (IndexError_, StoreError, WeightsError, DecodeError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return int(args.func(args))

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from model.weights import WeightsError
 
-__all__ = ["main"]
+__all__ = ["ERRORS", "main"]
+
+ERRORS = (WeightsError,)  # printed by the dispatcher (model/console.py)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -94,8 +96,4 @@ def build_parser(prog: str = "alexnet") -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return int(args.func(args))

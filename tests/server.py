@@ -30,7 +30,7 @@ def start_server(
     port = port or free_port()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child holds it; closed here after the start
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.console", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args],
+        [sys.executable, "-m", "model.console", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         stdout=out,

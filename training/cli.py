@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
-__all__ = ["main"]
+from model.datasets import DataError
+from model.weights import WeightsError
+
+__all__ = ["ERRORS", "main"]
+
+ERRORS = (DataError, WeightsError)  # printed by the dispatcher (model/console.py)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -24,7 +27,7 @@ def _train(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         batch_size=args.batch_size,
         lr=args.lr,
-        devices=args.devices,
+        devices=args.device,
         crop_size=args.crop_size,
         resize_size=args.resize_size,
         seed=args.seed,
@@ -84,31 +87,43 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_defaults(field: str) -> str:
+    """What each recipe sets ``field`` to, for --help (the flags' own default is "the recipe's")."""
+    from training.recipes import RECIPES
+
+    values = {name: getattr(cfg, field) for name, cfg in RECIPES.items()}
+    return "default from the recipe: " + ", ".join(f"{name}={'none' if v is None else v}" for name, v in values.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.recipes import RECIPES
 
     parser = argparse.ArgumentParser(prog="alexnet")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train with a named recipe", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--recipe", default="fashion-mnist", choices=sorted(RECIPES))
-    p.add_argument("--data", help="fashion-mnist, generated[:N], or an image folder (DIR/train and DIR/val, or DIR/<class>/...)")
-    p.add_argument("--data-dir", help="directory holding Fashion-MNIST's four IDX files")
-    p.add_argument("--out", help="output directory (checkpoint, metrics, curves.png, model.safetensors)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--minutes", type=float, help="training time budget; the schedule is compressed to fit")
+    p = sub.add_parser("train", help="train with a named recipe", description="Every option left out takes the recipe's value.")
+
+    def recipe_option(flag: str, field: str, text: str, **kw: object) -> None:
+        p.add_argument(flag, help=f"{text} ({_recipe_defaults(field)})", **kw)  # type: ignore[arg-type]
+
+    p.add_argument("--recipe", default="fashion-mnist", choices=sorted(RECIPES), help="named recipe (default: fashion-mnist)")
+    recipe_option("--data", "data", "fashion-mnist, generated[:N], or an image folder (DIR/train and DIR/val, or DIR/<class>/...)")
+    p.add_argument("--data-dir", help="directory holding Fashion-MNIST's four IDX files (default: the Debian package's)")
+    recipe_option("--out", "out", "output directory (checkpoint, metrics, curves.png, model.safetensors)")
+    recipe_option("--epochs", "epochs", "epochs", type=int)
+    recipe_option("--minutes", "minutes", "training time budget; the schedule is compressed to fit", type=float)
     p.add_argument("--no-minutes", action="store_true", help="drop the recipe's time budget")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--resize-size", type=int, help="shorter side before the random crop (default: the paper's 256:224 ratio)")
-    p.add_argument("--devices", help="cpu, cuda:0, or cuda:0,cuda:1 (two towers on two GPUs); DDP under torchrun")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--max-train-images", type=int)
-    p.add_argument("--max-steps", type=int)
+    recipe_option("--batch-size", "batch_size", "images per optimiser step, over all processes", type=int)
+    recipe_option("--lr", "lr", "peak learning rate", type=float)
+    recipe_option("--crop-size", "crop_size", "input size of the network", type=int)
+    recipe_option("--resize-size", "resize_size", "shorter side before the random crop (None: the paper's 256:224 ratio)", type=int)
+    recipe_option("--device", "devices", "cpu, cuda:0, or cuda:0,cuda:1 (two towers on two GPUs); DDP under torchrun")
+    recipe_option("--seed", "seed", "random seed", type=int)
+    recipe_option("--workers", "workers", "decoding processes for image folders", type=int)
+    p.add_argument("--max-train-images", type=int, help="use only the first N training images (default: all)")
+    p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (default: no limit)")
     p.add_argument("--ten-crop", action="store_true", help="also measure 10-crop accuracy at export")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--no-export", action="store_true", help="do not write model.safetensors at the end")
     p.set_defaults(func=_train)
     p = sub.add_parser("export", help="write the serving weights file from a checkpoint")
     p.add_argument("checkpoint", type=Path)
@@ -131,13 +146,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from model.datasets import DataError
-    from model.weights import WeightsError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (DataError, WeightsError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return int(args.func(args))

@@ -1,7 +1,7 @@
 """Where training runs: one device, the paper's two towers on two GPUs, or DDP under torchrun.
 
-- ``--devices cpu`` or ``cuda:0``: both towers on that device.
-- ``--devices cuda:0,cuda:1``: model parallel as in the paper (tower 0 and tower 1 on
+- ``--device cpu`` or ``cuda:0``: both towers on that device.
+- ``--device cuda:0,cuda:1``: model parallel as in the paper (tower 0 and tower 1 on
   their own GPU, exchanging activations at conv3, fc6, fc7 and fc8).
 - under ``torchrun`` (WORLD_SIZE > 1): data parallel with DistributedDataParallel, one
   process per GPU (or per CPU process with gloo), across machines too; each process may
@@ -41,15 +41,15 @@ class DistInfo:
 def parse_devices(spec: str, local_rank: int = 0) -> tuple[str, str]:
     devs = [d.strip() for d in spec.split(",") if d.strip()]
     if not 1 <= len(devs) <= 2:
-        raise ValueError(f"--devices takes one or two devices (e.g. cpu, cuda:0, cuda:0,cuda:1), got {spec!r}")
+        raise ValueError(f"--device takes one or two devices (e.g. cpu, cuda:0, cuda:0,cuda:1), got {spec!r}")
     for d in devs:
         dev = torch.device(d)
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError(f"--devices {spec}: CUDA is not available on this machine")
+                raise ValueError(f"--device {spec}: CUDA is not available on this machine")
             idx = dev.index or 0
             if idx >= torch.cuda.device_count():
-                raise ValueError(f"--devices {spec}: only {torch.cuda.device_count()} GPU(s) here")
+                raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) here")
     if local_rank and all(torch.device(d).type == "cuda" for d in devs):
         # under torchrun, process k uses the k-th group of GPUs
         per = len(devs)

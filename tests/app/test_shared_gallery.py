@@ -104,7 +104,7 @@ def test_a_cli_add_reaches_the_running_server_and_survives_its_restart(tmp_path:
     with running_server(env) as base:
         first = add(base, 1)
         r = subprocess.run(
-            [sys.executable, "-m", "app.console", "index", "add", str(photo), "--weights", str(small_weights), "--index", str(index_dir)],
+            [sys.executable, "-m", "model.console", "index", "add", str(photo), "--weights", str(small_weights), "--index", str(index_dir)],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert r.returncode == 0, r.stderr

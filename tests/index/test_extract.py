@@ -19,7 +19,7 @@ from tests.training.test_data import make_fmnist
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.console", "index", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "model.console", "index", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def make_folder(root: Path) -> None:
@@ -63,9 +63,9 @@ def test_build_from_folder_skips_non_images_and_stores_reencoded_copies(tmp_path
     hits = json.loads(r.stdout)
     assert hits[0]["source"].endswith("dogs/1.png") and hits[0]["score"] > 0.999
     assert "precision@10" in cli("eval", "--index", str(idx_dir)).stdout
-    r = cli("remove", "1", "--weights", str(small_weights), "--index", str(idx_dir))
+    r = cli("remove", "1", "--index", str(idx_dir))  # no model needed
     assert r.returncode == 0
-    assert cli("remove", "1", "--weights", str(small_weights), "--index", str(idx_dir)).returncode == 1
+    assert cli("remove", "1", "--index", str(idx_dir)).returncode == 1
     assert json.loads(cli("stats", "--index", str(idx_dir)).stdout)["images"] == 8
 
 
@@ -77,6 +77,19 @@ def test_add_command_and_near_duplicates(tmp_path: Path, small_weights: Path) ->
     r = cli("add", str(tmp_path / "p" / "dogs" / "disguised.dat"), str(tmp_path / "p" / "cats" / "notes.txt"), "--weights",
             str(small_weights), "--index", str(idx), "--near-duplicate", "0.5")  # fmt: skip
     assert r.returncode == 1 and "notes.txt: skipped" in r.stderr and "id 2" in r.stdout
+
+
+def test_add_a_folder_adds_every_image_in_it(tmp_path: Path, small_weights: Path) -> None:
+    make_folder(tmp_path / "p")
+    idx = tmp_path / "idx"
+    r = cli("add", str(tmp_path / "p" / "dogs"), "--weights", str(small_weights), "--index", str(idx), "--label", "dog")
+    # dogs/: 0-2.png, deeper/x.jpg, disguised.dat (a PNG under another name) and copy.png (the bytes of 0.png)
+    assert r.returncode == 0, r.stderr
+    assert "(exact duplicate: already stored)" in r.stdout and r.stdout.count(": id ") == 6
+    stats = json.loads(cli("stats", "--index", str(idx)).stdout)
+    assert stats["images"] == 5 and stats["problems"] == []
+    with ImageIndex(idx, weights_hash=Predictor(small_weights).weights_hash) as index:
+        assert {index.get(i).label for i in range(1, 6)} == {"dog"}  # type: ignore[union-attr]
 
 
 def test_build_from_fashion_mnist_split(tmp_path: Path, small_weights: Path) -> None:

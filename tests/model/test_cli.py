@@ -10,7 +10,7 @@ from PIL import Image
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.console", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "model.console", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_info_prints_metadata(small_weights: Path) -> None:
@@ -42,3 +42,11 @@ def test_unknown_command_and_missing_weights_fail_clearly(tmp_path: Path) -> Non
     r = run("info", str(tmp_path / "none.safetensors"))
     assert r.returncode == 2 and "no such weights file" in r.stderr
     assert "serve" in run("--help").stdout
+
+
+def test_version_and_help_show_real_values() -> None:
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("alexnet-service ") and "torch " in r.stdout
+    r = run("train", "--help")
+    assert r.returncode == 0 and "default: None" not in r.stdout and "--devices" not in r.stdout
+    assert "fashion-mnist=4" in r.stdout.replace("\n", "").replace(" ", "")  # the recipe's epochs, from training/recipes.py

@@ -65,7 +65,7 @@ def test_console_applies_it_for_model_commands(monkeypatch: pytest.MonkeyPatch, 
     import types
 
     import model.runtime
-    from app import console
+    from model import console
 
     calls: list[int] = []
     monkeypatch.setattr(model.runtime, "retain_freed_memory", lambda: calls.append(1) or True)
@@ -85,7 +85,7 @@ def test_console_applies_it_for_model_commands(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_console_refuses_a_setting_it_cannot_read(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from app import console
+    from model import console
 
     monkeypatch.setenv("ALEXNET_RETAIN_FREED_MEMORY", "sometimes")
     assert console.main(["classify"]) == 2

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def torchrun(nproc: int, out: Path, *args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "app.console", "train", "--out", str(out), "--no-export", *args]  # fmt: skip
+           "-m", "model.console", "train", "--out", str(out), "--no-export", *args]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
