@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from index.errors import IndexError_
+from index.errors import ImageIndexError
 from index.store import StoreError
 from model.decode import DecodeError
 from model.weights import WeightsError
 
 __all__ = ["ERRORS", "main"]
 
-ERRORS = (IndexError_, StoreError, WeightsError, DecodeError)  # printed by the dispatcher (model/console.py)
+ERRORS = (ImageIndexError, StoreError, WeightsError, DecodeError)  # printed by the dispatcher (model/console.py)
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -123,7 +123,7 @@ def _stored_hash(args: argparse.Namespace) -> str:
     finally:
         store.close()
     if not stored:
-        raise IndexError_(f"{store.location}: no index there yet (build one with `alexnet index build`)")
+        raise ImageIndexError(f"{store.location}: no index there yet (build one with `alexnet index build`)")
     return stored
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["IndexError_", "WeightsMismatch"]
+__all__ = ["ImageIndexError", "WeightsMismatch"]
 
 
-class IndexError_(RuntimeError):
+class ImageIndexError(RuntimeError):
     """The index cannot be opened or used; the message names the directory or file."""
 
 
-class WeightsMismatch(IndexError_):
+class WeightsMismatch(ImageIndexError):
     """The index holds vectors made by other weights than the ones loaded."""

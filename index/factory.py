@@ -19,7 +19,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.errors import IndexError_
+from index.errors import ImageIndexError
 
 __all__ = [
     "AUTO",
@@ -30,7 +30,9 @@ __all__ = [
     "is_exact",
     "new_faiss",
     "rescore",
+    "search_candidates",
     "train_index",
+    "tune",
 ]
 
 DEFAULT_DIM = 4096
@@ -59,7 +61,7 @@ def base_index(dim: int, factory: str) -> faiss.Index:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_L2)
     except RuntimeError as e:
-        raise IndexError_(f"invalid FAISS factory string {factory!r}: {str(e).splitlines()[-1]}") from e
+        raise ImageIndexError(f"invalid FAISS factory string {factory!r}: {str(e).splitlines()[-1]}") from e
 
 
 def new_faiss(dim: int, factory: str) -> faiss.Index:
@@ -114,8 +116,35 @@ def train_index(index: faiss.Index, sample: np.ndarray) -> None:
     pca = first_pca(index)
     if pca is not None and not pca.is_trained and pca.eigen_power == 0 and not pca.random_rotation and pca.balanced_bins == 0:
         if len(sample) <= pca.d_out:
-            raise IndexError_(
+            raise ImageIndexError(
                 f"PCA to {pca.d_out} dimensions needs more than {pca.d_out} stored vectors to train on, there are {len(sample)}"
             )
         train_pca(pca, sample)
     index.train(sample)  # a trained transform is skipped; the rest is trained on its output
+
+
+def search_candidates(
+    index: faiss.Index, queries: np.ndarray, k: int, *, exact: bool, rerank: int, tombstones: set[int]
+) -> list[list[tuple[int, float]]]:
+    """(id, cosine) candidates for each unit query, best first: ``k`` from an exact index, else ``max(k, rerank)``
+    for ``rescore`` to order (tombstoned ids left out; the caller keeps the index from changing meanwhile)."""
+    n = int(index.ntotal)
+    if n == 0 or k <= 0:
+        return [[] for _ in range(len(queries))]
+    kk = min(n, max(k, 0 if exact else rerank) + len(tombstones))
+    scores, ids = index.search(queries, kk)
+    if index.metric_type == faiss.METRIC_L2:
+        scores = 1.0 - scores / 2.0  # squared L2 between unit vectors -> cosine
+    return [
+        [(int(i), float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0 and int(i) not in tombstones and np.isfinite(s)]
+        for row_s, row_i in zip(scores, ids, strict=True)
+    ]
+
+
+def tune(index: faiss.Index, nprobe: int = 0) -> None:
+    """Search-time parameters: the inverted lists an IVF index searches (0: ``default_nprobe``)."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return
+    ivf.nprobe = min(ivf.nlist, nprobe) if nprobe else default_nprobe(ivf.nlist)

@@ -31,21 +31,19 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.errors import IndexError_, WeightsMismatch
-from index.factory import AUTO, DEFAULT_DIM, auto_factory, default_nprobe, is_exact, new_faiss, rescore, train_index
+from index.changes import Cancelled, build_from_store, catch_up, fetch, install
+from index.errors import ImageIndexError, WeightsMismatch
+from index.factory import AUTO, DEFAULT_DIM, auto_factory, is_exact, rescore, search_candidates, tune
+from index.follow import Follower
+from index.identity import claim_identity
 from index.rwlock import RWLock
-from index.snapshot import SNAPSHOT, read_snapshot, write_snapshot
+from index.snapshot import SNAPSHOT, SnapshotUnusable, load_snapshot, write_snapshot
 from index.store import ImageRecord, NewImage, Store, StoreError, StoreUnavailable, open_store
 from model.vectors import l2_normalise as normalise
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SNAPSHOT", "AddResult", "Hit", "ImageIndex", "IndexError_", "WeightsMismatch", "normalise"]
-
-
-class _Cancelled(Exception):
-    """A background rebuild stopped because the index is closing."""
-
+__all__ = ["SNAPSHOT", "AddResult", "Hit", "ImageIndex", "ImageIndexError", "WeightsMismatch", "normalise"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ class ImageIndex:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise IndexError_(f"{self.dir}: cannot create the index directory ({e})") from e
+                raise ImageIndexError(f"{self.dir}: cannot create the index directory ({e})") from e
         self.readonly = readonly
         self.snapshot_every = snapshot_every
         self.train_size = train_size
@@ -102,8 +100,6 @@ class ImageIndex:
         self.rerank = rerank  # candidates re-scored exactly (compressed indexes); 0: FAISS's own scores
         self.nprobe = nprobe  # inverted lists searched (0: nlist / 64, at least 16)
         self._rebuild_thread: threading.Thread | None = None
-        self._follow_thread: threading.Thread | None = None
-        self.follow_interval = follow_interval
         self._closing = False  # stops a background rebuild and the follower
         self._failed: str | None = None  # a factory whose background build failed
         self.recovered: str | None = None  # why the snapshot was rebuilt at open, if it was
@@ -113,14 +109,13 @@ class ImageIndex:
         self._changes_since_snapshot = 0
         self.applied_seq = 0  # the last store change the FAISS index holds
         self.last_sync = time.time()  # when this index was last known to be current with the store
-        self.store_error: str | None = None  # why the follower cannot reach the store, while it cannot
         try:
             self.store: Store = open_store(self.dir, store_url, readonly=readonly)
         except StoreUnavailable:
             raise
         except StoreError as e:
-            raise IndexError_(str(e)) from e
-        self.weights_hash, self.dim, self.configured = self._check_identity(weights_hash, dim, factory)
+            raise ImageIndexError(str(e)) from e
+        self.weights_hash, self.dim, self.configured = claim_identity(self.store, weights_hash, dim, factory, readonly=readonly)
         self.factory = self._wanted(self.store.count())  # the factory of the index in memory (the snapshot's may differ)
         self._load()
         if not readonly:
@@ -132,36 +127,7 @@ class ImageIndex:
                 log.warning("leftover image files not cleaned up: %s", e)
             if orphans:
                 log.info("removed %d orphan image files left by an interrupted add", orphans)
-        if follow_interval:
-            self._follow_thread = threading.Thread(target=self._follow, name="index-follow", daemon=True)
-            self._follow_thread.start()
-
-    # -- identity ------------------------------------------------------------------------------
-
-    def _check_identity(self, weights_hash: str, dim: int, factory: str | None) -> tuple[str, int, str]:
-        """(weights hash, dimension, configured factory). A factory given here replaces the stored one
-        (the index is rebuilt with it); None keeps the stored one (``auto`` for a new index)."""
-        if factory is not None and not is_exact(factory) and factory != AUTO:
-            new_faiss(dim, factory)  # a bad factory string fails here, naming it
-        stored = self.store.get_meta("weights_hash")
-        if stored is None:
-            if self.store.count():
-                raise IndexError_(f"{self.store.location}: store has images but no weights hash; rebuild the index")
-            if self.readonly:
-                return weights_hash, dim, factory or AUTO
-            # two processes opening an empty store at once agree on the first identity written
-            self.store.init_meta({"weights_hash": weights_hash, "dim": str(dim), "factory": factory or AUTO})
-            stored = self.store.get_meta("weights_hash")
-        if stored != weights_hash:
-            raise WeightsMismatch(
-                f"the index in {self.store.location} was built with weights {str(stored)[:12]}, but the loaded weights are "
-                f"{weights_hash[:12]}: its vectors would be meaningless. Point at the weights that built it, or rebuild it with "
-                f"`alexnet index build SOURCE --weights W --index DIR` into an empty index directory (or database)."
-            )
-        configured = factory or self.store.get_meta("factory") or AUTO
-        if not self.readonly and configured != self.store.get_meta("factory"):
-            self.store.set_meta("factory", configured)
-        return stored, int(self.store.get_meta("dim") or dim), configured
+        self._follower = Follower(str(self.dir), self.store, self.sync, follow_interval) if follow_interval else None
 
     def _wanted(self, n: int) -> str:
         if self.configured == AUTO:
@@ -179,14 +145,8 @@ class ImageIndex:
         if not p.is_file():
             return None
         try:
-            index, header = read_snapshot(p)
-            if header["weights_hash"] != self.weights_hash or header["dim"] != self.dim:
-                raise ValueError("made for other weights or dimension")
-            head = self.store.last_seq()
-            if int(header["seq"]) > head:
-                raise ValueError(f"it holds change {header['seq']}, newer than the store's last ({head}): made from another store")
-            return index, int(header["seq"]), str(header["factory"])
-        except (ValueError, KeyError, OSError) as e:
+            return load_snapshot(p, weights_hash=self.weights_hash, dim=self.dim, last_seq=self.store.last_seq())
+        except SnapshotUnusable as e:
             log.warning("snapshot %s unusable (%s); rebuilding from the store", p, e)
             self.recovered = f"{p} was unusable ({e}) and was rebuilt from the store"
             return None
@@ -212,61 +172,17 @@ class ImageIndex:
     def _load(self) -> None:
         snap = self._read_snapshot()
         if snap is None:
-            index, seq, tombstones = self._fresh(self.factory)
-            self.index, self.applied_seq, self._tombstones = index, seq, tombstones
-            self._tune(self.index)
+            self.index, self.applied_seq, self._tombstones = self._fresh(self.factory)
             if not self.readonly and len(self):
                 self._save()
             return
-        self.index, self.applied_seq, self.factory = snap
-        self._tune(self.index)
-        caught = self._catch_up(self.index, self._tombstones, self.applied_seq)
-        if caught != self.applied_seq:
-            log.info("applied changes %d..%d newer than the snapshot", self.applied_seq + 1, caught)
-            self._changes_since_snapshot += caught - self.applied_seq
-            self.applied_seq = caught
+        index, seq, self.factory = snap
+        self.index, self.applied_seq, self._tombstones = self._finish(index, seq)
+        if self.applied_seq != seq:
+            log.info("applied changes %d..%d newer than the snapshot", seq + 1, self.applied_seq)
+            self._changes_since_snapshot += self.applied_seq - seq
 
     # -- following the change log ---------------------------------------------------------------------
-
-    def _fetch(
-        self, index: faiss.Index, changes: list[tuple[int, str, int]], *, check_indexed: bool, known: dict[int, np.ndarray] | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What applying ``changes`` to ``index`` takes: (ids to remove, ids to add, their vectors). Reads the
-        store only; ``known`` vectors (this process's own adds) are not read again. ``check_indexed``: leave out
-        adds the index already holds (after a build, whose reads may have seen changes newer than its start)."""
-        deletes = {i for _, op, i in changes if op == "delete"}
-        adds = [i for _, op, i in changes if op == "add" and i not in deletes]  # ids are never reused
-        if check_indexed and adds:
-            indexed = set(faiss.vector_to_array(index.id_map).tolist())  # type: ignore[attr-defined]
-            adds = [i for i in adds if i not in indexed]
-        known = known or {}
-        ids, vecs = self.store.vectors([i for i in adds if i not in known])
-        mine = [i for i in adds if i in known]
-        if mine:
-            ids = np.concatenate([ids, np.array(mine, dtype=np.int64)])
-            vecs = np.concatenate([vecs.reshape(-1, self.dim), np.stack([known[i] for i in mine])])
-        return np.array(sorted(deletes), dtype=np.int64), ids, vecs
-
-    @staticmethod
-    def _install(index: faiss.Index, tombstones: set[int], deletes: np.ndarray, ids: np.ndarray, vecs: np.ndarray) -> None:
-        """Apply fetched changes to an index (the caller keeps searches off it)."""
-        if len(deletes):
-            try:
-                index.remove_ids(deletes)  # type: ignore[arg-type]
-            except RuntimeError:  # e.g. HNSW cannot remove: filter until the next snapshot rebuilds
-                tombstones.update(int(i) for i in deletes)
-        if len(ids):
-            index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), ids)
-            tombstones.difference_update(int(i) for i in ids)
-
-    def _catch_up(self, index: faiss.Index, tombstones: set[int], seq: int) -> int:
-        """Bring an index that is not serving yet from change ``seq`` to the store's newest; the last change applied."""
-        while True:
-            changes = self.store.changes_after(seq)
-            if not changes:
-                return seq
-            self._install(index, tombstones, *self._fetch(index, changes, check_indexed=True))
-            seq = changes[-1][0]
 
     def sync(self) -> int:
         """Apply the changes other processes made since this index last looked; the number applied."""
@@ -285,9 +201,9 @@ class ImageIndex:
             changes = self.store.changes_after(self.applied_seq)
             if not changes:
                 break
-            fetched = self._fetch(self.index, changes, check_indexed=False, known=known)
+            fetched = fetch(self.store, self.index, self.dim, changes, check_indexed=False, known=known)
             with self._lock.write():
-                self._install(self.index, self._tombstones, *fetched)
+                install(self.index, self._tombstones, *fetched)
                 self.applied_seq = changes[-1][0]
             applied += len(changes)
         self.last_sync = time.time()
@@ -296,62 +212,27 @@ class ImageIndex:
             self._maybe_snapshot()
         return applied
 
-    def _follow(self) -> None:
-        """The follower thread: wait for a change (or the interval), apply it; record why when the store is out of reach."""
-        assert self.follow_interval
-        while not self._closing:
-            try:
-                self.store.wait_for_change(self.follow_interval)
-                if self._closing:
-                    return
-                self.sync()
-                if self.store_error is not None:
-                    log.info("index %s: the store is reachable again; up to date at change %d", self.dir, self.applied_seq)
-                self.store_error = None
-            except StoreError as e:
-                if self.store_error is None:
-                    log.warning("index %s: cannot follow the store: %s", self.dir, e)
-                self.store_error = str(e)
-                time.sleep(self.follow_interval)
-            except Exception as e:
-                log.exception("index %s: applying the store's changes failed", self.dir)
-                self.store_error = f"applying the store's changes failed: {e}"
-                time.sleep(self.follow_interval)
-
     def follow_status(self) -> dict[str, Any]:
         """How current this index is: the last change applied, seconds since it was last known current, the store's error."""
         return {
             "applied_change": self.applied_seq,
-            "following": self._follow_thread is not None,
+            "following": self._follower is not None,
             "seconds_since_sync": round(max(0.0, time.time() - self.last_sync), 3),
-            **({"store_error": self.store_error} if self.store_error else {}),
+            **({"store_error": self._follower.error} if self._follower and self._follower.error else {}),
         }
 
     # -- building and switching factories -------------------------------------------------------------
 
-    def _build_from_store(self, factory: str, *, cancellable: bool = False) -> tuple[faiss.Index, int]:
-        """A new index holding the store's vectors, and the change number read before them: every change up to
-        it is in the index; later ones may be (``_catch_up`` sorts that out)."""
-        seq = self.store.last_seq()
-        index = new_faiss(self.dim, factory)
-        if not index.is_trained:
-            sample = self._training_sample()
-            if len(sample) == 0:
-                return index, seq  # trained on the first build with data
-            train_index(index, sample)
-        for ids, vecs in self.store.iter_vectors():
-            if cancellable and self._closing:
-                raise _Cancelled
-            index.add_with_ids(vecs, ids)
-        return index, seq
-
-    def _fresh(self, factory: str, *, cancellable: bool = False) -> tuple[faiss.Index, int, set[int]]:
+    def _fresh(self, factory: str) -> tuple[faiss.Index, int, set[int]]:
         """A new index of ``factory`` from the store, caught up: (index, last change, tombstones)."""
-        index, seq = self._build_from_store(factory, cancellable=cancellable)
+        return self._finish(*build_from_store(self.store, self.dim, factory, train_size=self.train_size))
+
+    def _finish(self, index: faiss.Index, seq: int) -> tuple[faiss.Index, int, set[int]]:
+        """A built index, caught up with the changes made since ``seq`` and tuned for searching."""
         tombstones: set[int] = set()
         # (an untrained index has nothing to hold yet: it is current with every change)
-        seq = self._catch_up(index, tombstones, seq) if index.is_trained else self.store.last_seq()
-        self._tune(index)
+        seq = catch_up(self.store, index, self.dim, tombstones, seq) if index.is_trained else self.store.last_seq()
+        tune(index, self.nprobe)
         return index, seq, tombstones
 
     def _replace(self, index: faiss.Index, seq: int, tombstones: set[int], factory: str | None = None) -> None:
@@ -359,14 +240,6 @@ class ImageIndex:
         with self._lock.write():
             self.index, self.applied_seq, self._tombstones = index, seq, tombstones
             self.factory = factory or self.factory
-
-    def _tune(self, index: faiss.Index) -> None:
-        """Search-time parameters of an index."""
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            return
-        ivf.nprobe = min(ivf.nlist, self.nprobe) if self.nprobe else default_nprobe(ivf.nlist)
 
     def _maybe_rebuild(self) -> None:
         """Start a background rebuild when the wanted factory differs from the one in memory."""
@@ -379,18 +252,16 @@ class ImageIndex:
 
     def _rebuild(self, factory: str) -> None:
         try:
-            new, seq = self._build_from_store(factory, cancellable=True)  # reads the store only; the old index keeps serving
+            # reads the store only; the old index keeps serving
+            new, seq = build_from_store(self.store, self.dim, factory, train_size=self.train_size, cancelled=lambda: self._closing)
             with self._sync_mutex:  # what was added or deleted during the build, then the swap
-                tombstones: set[int] = set()
-                seq = self._catch_up(new, tombstones, seq)
-                self._tune(new)
-                self._replace(new, seq, tombstones, factory)
+                self._replace(*self._finish(new, seq), factory)
                 try:
                     self._save()
                 except StoreError as e:
                     log.warning("%s", e)
             log.info("index %s: now %s", self.dir, factory)
-        except _Cancelled:
+        except Cancelled:
             log.info("index %s: rebuild as %s stopped by close(); it starts again at the next open", self.dir, factory)
         except Exception:
             self._failed = factory  # not retried after every add; a reopen tries again
@@ -403,21 +274,12 @@ class ImageIndex:
             t.join(timeout)
         return t is None or not t.is_alive()
 
-    def _training_sample(self) -> np.ndarray:
-        ids = self.store.all_ids()
-        if len(ids) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        keep = np.sort(np.random.default_rng(0).choice(ids, size=min(len(ids), self.train_size), replace=False))
-        parts = [self.store.vectors(keep[i : i + 2048].tolist())[1] for i in range(0, len(keep), 2048)]
-        parts = [p for p in parts if len(p)]  # (rows deleted meanwhile are missing)
-        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
-
     # -- writes -----------------------------------------------------------------------------------
 
     def add(self, items: Sequence[NewImage], *, near_duplicate_threshold: float | None = None) -> list[AddResult]:
         """Store images durably, then index them (with whatever else changed). Exact duplicates return the existing id."""
         if self.readonly:
-            raise IndexError_(f"{self.dir}: the index is open read-only")
+            raise ImageIndexError(f"{self.dir}: the index is open read-only")
         for item in items:
             if item.vector.shape != (self.dim,):
                 raise ValueError(f"vector of shape {item.vector.shape}, this index holds {self.dim}-d vectors")
@@ -439,7 +301,7 @@ class ImageIndex:
     def delete(self, image_id: int) -> ImageRecord | None:
         """Remove an image; None when the id is unknown (deleting twice is harmless)."""
         if self.readonly:
-            raise IndexError_(f"{self.dir}: the index is open read-only")
+            raise ImageIndexError(f"{self.dir}: the index is open read-only")
         with self._sync_mutex:
             rec = self.store.delete(image_id)
             if rec is not None:
@@ -468,29 +330,14 @@ class ImageIndex:
         return int(self.index.ntotal) - len(self._tombstones)
 
     def _search_locked(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        n = int(self.index.ntotal)
-        if n == 0 or k <= 0:
-            return [[] for _ in range(len(queries))]
-        extra = len(self._tombstones)
         exact = is_exact(self.factory)
-        kk = min(n, max(k, 0 if exact else self.rerank) + extra)
-        scores, ids = self.index.search(queries, kk)
-        if self.index.metric_type == faiss.METRIC_L2:
-            scores = 1.0 - scores / 2.0  # squared L2 between unit vectors -> cosine
-        out = []
-        for q, row_s, row_i in zip(queries, scores, ids, strict=True):
-            hits = [
-                (int(i), float(s))
-                for s, i in zip(row_s, row_i, strict=True)
-                if i >= 0 and int(i) not in self._tombstones and np.isfinite(s)
-            ]
-            if not exact and self.rerank and hits:
-                try:
-                    hits = self._rescore(q, [i for i, _ in hits])
-                except StoreUnavailable:  # the index's own scores until the store is back
-                    pass
-            out.append(hits[:k])
-        return out
+        found = search_candidates(self.index, queries, k, exact=exact, rerank=self.rerank, tombstones=self._tombstones)
+        if exact or not self.rerank:
+            return [hits[:k] for hits in found]
+        try:
+            return [self._rescore(q, [i for i, _ in hits])[:k] if hits else [] for q, hits in zip(queries, found, strict=True)]
+        except StoreUnavailable:  # the index's own scores until the store is back
+            return [hits[:k] for hits in found]
 
     def _rescore(self, query: np.ndarray, ids: list[int]) -> list[tuple[int, float]]:
         """Exact cosines of the candidates from their stored unit vectors, best first."""
@@ -569,9 +416,8 @@ class ImageIndex:
 
     def close(self) -> None:
         self._closing = True  # a background rebuild stops at its next batch; the store has everything
-        self.store.wake()
-        if self._follow_thread is not None:
-            self._follow_thread.join(10)
+        if self._follower is not None:
+            self._follower.stop()
         self.wait_rebuild()
         if not self.readonly and self._changes_since_snapshot:
             try:

@@ -18,7 +18,7 @@ import numpy as np
 
 from model.files import atomic_write
 
-__all__ = ["MAGIC", "SNAPSHOT", "read_snapshot", "write_snapshot"]
+__all__ = ["MAGIC", "SNAPSHOT", "SnapshotUnusable", "load_snapshot", "read_snapshot", "write_snapshot"]
 
 SNAPSHOT = "index.faiss"
 MAGIC = b"ALEXIDX1"
@@ -29,6 +29,26 @@ def write_snapshot(path: Path, index: faiss.Index, header: dict[str, Any]) -> No
     body = faiss.serialize_index(index).tobytes()
     head = json.dumps({**header, "ntotal": int(index.ntotal), "sha256": hashlib.sha256(body).hexdigest()}).encode()
     atomic_write(path, MAGIC + struct.pack("<I", len(head)) + head + body)
+
+
+class SnapshotUnusable(ValueError):
+    """A snapshot that cannot be used: unreadable, truncated, tampered with, or made for another gallery."""
+
+
+def load_snapshot(path: Path, *, weights_hash: str, dim: int, last_seq: int) -> tuple[faiss.Index, int, str]:
+    """(index, last change it holds, its factory) of a snapshot made for this gallery: its weights, its dimension,
+    and no change newer than the store's ``last_seq`` (else it was made from another store)."""
+    try:
+        index, header = read_snapshot(path)
+        if header["weights_hash"] != weights_hash or header["dim"] != dim:
+            raise SnapshotUnusable("made for other weights or dimension")
+        if int(header["seq"]) > last_seq:
+            raise SnapshotUnusable(f"it holds change {header['seq']}, newer than the store's last ({last_seq}): made from another store")
+        return index, int(header["seq"]), str(header["factory"])
+    except SnapshotUnusable:
+        raise
+    except (ValueError, KeyError, OSError) as e:
+        raise SnapshotUnusable(str(e)) from e
 
 
 def read_snapshot(path: Path) -> tuple[faiss.Index, dict[str, Any]]:

@@ -44,15 +44,17 @@ def data() -> np.ndarray:
 def held_rebuild(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
     """(building, release): a background build of a compressed index sets ``building`` and waits for ``release``."""
     building, release = threading.Event(), threading.Event()
-    real_build = ImageIndex._build_from_store
+    import index.index
 
-    def held_build(self: ImageIndex, factory: str, **kw: bool):  # type: ignore[no-untyped-def]
+    real_build = index.index.build_from_store
+
+    def held_build(store, dim: int, factory: str, **kw):  # type: ignore[no-untyped-def]
         if factory != "flat":
             building.set()
             assert release.wait(30)
-        return real_build(self, factory, **kw)
+        return real_build(store, dim, factory, **kw)
 
-    monkeypatch.setattr(ImageIndex, "_build_from_store", held_build)
+    monkeypatch.setattr(index.index, "build_from_store", held_build)
     return building, release
 
 
@@ -145,7 +147,7 @@ def test_a_failing_rebuild_is_not_retried_after_every_add(tmp_path: Path, data: 
         calls.append(len(sample))
         raise RuntimeError("training failed")
 
-    monkeypatch.setattr("index.index.train_index", broken)
+    monkeypatch.setattr("index.changes.train_index", broken)
     with ImageIndex(tmp_path, weights_hash="a" * 64, dim=D, auto_threshold=1000) as idx:
         fill(idx, data[:1000])
         assert idx.wait_rebuild(30)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.index import ImageIndex, IndexError_, WeightsMismatch, normalise
+from index.index import ImageIndex, ImageIndexError, WeightsMismatch, normalise
 from index.store import StoreError
 from tests.index.helpers import DIM, item
 
@@ -111,7 +111,7 @@ def test_other_weights_are_refused_with_a_rebuild_hint(tmp_path: Path) -> None:
 
 
 def test_bad_factory_is_named(tmp_path: Path) -> None:
-    with pytest.raises(IndexError_, match="invalid FAISS factory string 'Nonsense99'"):
+    with pytest.raises(ImageIndexError, match="invalid FAISS factory string 'Nonsense99'"):
         open_index(tmp_path, factory="Nonsense99")
 
 

@@ -1,0 +1,41 @@
+"""Which weights a gallery belongs to: the identity its store records, claimed by the first process to open it.
+
+fc7 vectors made by other weights are meaningless next to the stored ones, so a store records the
+content hash of the weights that made its vectors (and their dimension, and the configured FAISS
+factory), and every later opener must bring the same weights.
+"""
+
+from __future__ import annotations
+
+from index.errors import ImageIndexError, WeightsMismatch
+from index.factory import AUTO, is_exact, new_faiss
+from index.store import Store
+
+__all__ = ["claim_identity"]
+
+
+def claim_identity(store: Store, weights_hash: str, dim: int, factory: str | None, *, readonly: bool) -> tuple[str, int, str]:
+    """(weights hash, dimension, configured factory) of the gallery in ``store``, claiming an empty one for
+    ``weights_hash``. A factory given here replaces the stored one (the index is rebuilt with it); None keeps
+    the stored one (``auto`` for a new gallery). ``WeightsMismatch`` when the store belongs to other weights."""
+    if factory is not None and not is_exact(factory) and factory != AUTO:
+        new_faiss(dim, factory)  # a bad factory string fails here, naming it
+    stored = store.get_meta("weights_hash")
+    if stored is None:
+        if store.count():
+            raise ImageIndexError(f"{store.location}: store has images but no weights hash; rebuild the index")
+        if readonly:
+            return weights_hash, dim, factory or AUTO
+        # two processes opening an empty store at once agree on the first identity written
+        store.init_meta({"weights_hash": weights_hash, "dim": str(dim), "factory": factory or AUTO})
+        stored = store.get_meta("weights_hash")
+    if stored != weights_hash:
+        raise WeightsMismatch(
+            f"the index in {store.location} was built with weights {str(stored)[:12]}, but the loaded weights are "
+            f"{weights_hash[:12]}: its vectors would be meaningless. Point at the weights that built it, or rebuild it with "
+            f"`alexnet index build SOURCE --weights W --index DIR` into an empty index directory (or database)."
+        )
+    configured = factory or store.get_meta("factory") or AUTO
+    if not readonly and configured != store.get_meta("factory"):
+        store.set_meta("factory", configured)
+    return stored, int(store.get_meta("dim") or dim), configured
