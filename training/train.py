@@ -1,4 +1,4 @@
-"""The training loop: reads top to bottom, ``train_one_epoch``, ``evaluate``, ``main``.
+"""The training loop: reads top to bottom, ``evaluate``, ``Trainer`` (``train_one_epoch``, ``fit``), ``train``.
 
 Checkpoints are a dict with fixed keys, written atomically at the end of every epoch (and on
 Ctrl-C) by rank 0; ``--resume`` continues from the exact step, with the same data order,
@@ -32,6 +32,7 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import Source, open_source
 from training.metrics import MetricsLog
 from training.recipes import TrainConfig
+from training.schedule import Schedule, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -42,69 +43,6 @@ CHECKPOINT = "checkpoint.pt"
 
 def _batch_seed(seed: int, epoch: int, batch: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + batch) % (2**63)
-
-
-class Schedule:
-    """Learning rate: linear warm-up, then cosine/linear decay to zero, or the paper's /10 on plateau.
-
-    ``progress`` in [0, 1] is the larger of steps done / steps planned and, with a time
-    budget, minutes spent / minutes allowed; training stops when it reaches 1.
-    """
-
-    def __init__(self, cfg: TrainConfig, total_steps: int) -> None:
-        self.cfg, self.total_steps = cfg, max(1, total_steps)
-        self.plateau_scale = 1.0
-        self.best_err = math.inf
-        self.bad_epochs = 0
-
-    def progress(self, step: int, elapsed_s: float) -> float:
-        p = step / self.total_steps
-        if self.cfg.minutes:
-            p = max(p, elapsed_s / (self.cfg.minutes * 60))
-        return min(1.0, p)
-
-    def lr(self, step: int, progress: float) -> float:
-        c = self.cfg
-        if c.warmup_steps and step < c.warmup_steps:
-            return c.lr * (step + 1) / c.warmup_steps
-        if c.schedule == "plateau":
-            return c.lr * self.plateau_scale
-        if c.schedule == "cosine":
-            return c.lr * 0.5 * (1 + math.cos(math.pi * progress))
-        if c.schedule == "linear":
-            return c.lr * (1 - progress)
-        raise ValueError(f"unknown schedule {c.schedule!r} (plateau, cosine, linear)")
-
-    def epoch_end(self, val_err: float) -> None:
-        """The paper's rule: divide by 10 when validation error stops improving."""
-        if val_err < self.best_err - 1e-4:
-            self.best_err, self.bad_epochs = val_err, 0
-            return
-        self.bad_epochs += 1
-        if self.cfg.schedule == "plateau" and self.bad_epochs >= self.cfg.plateau_patience:
-            self.plateau_scale /= 10
-            self.bad_epochs = 0
-            log.info("validation error stopped improving: learning rate now %.2g", self.cfg.lr * self.plateau_scale)
-
-    def state_dict(self) -> dict[str, float]:
-        return {"plateau_scale": self.plateau_scale, "best_err": self.best_err, "bad_epochs": float(self.bad_epochs)}
-
-    def load_state_dict(self, d: dict[str, float]) -> None:
-        self.plateau_scale, self.best_err, self.bad_epochs = d["plateau_scale"], d["best_err"], int(d["bad_epochs"])
-
-
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":  # section 5: weight decay on every parameter
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        # Decoupled decay on weights only: decaying the constant bias initialisation only slows the start.
-        decay = [p for p in model.parameters() if p.dim() > 1]
-        no_decay = [p for p in model.parameters() if p.dim() <= 1]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # fused: one kernel for all 61M parameters; the foreach version spends a third of a
-        # CPU training step in the optimiser
-        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd, adamw)")
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -382,26 +320,30 @@ class Trainer:
 
 
 class _sigint_checkpoint:
-    """On Ctrl-C, finish the current step, save a checkpoint, and stop."""
+    """On Ctrl-C or SIGTERM (docker stop, Kubernetes or Slurm pre-emption), finish the current step, save a
+    checkpoint, and stop. A second Ctrl-C stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.previous: Callable[[int, FrameType | None], Any] | int | None = None
+        self.previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def __enter__(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
-            if self.trainer._interrupted:  # second Ctrl-C: stop now
+            if self.trainer._interrupted and signum == signal.SIGINT:  # second Ctrl-C: stop now
                 raise KeyboardInterrupt
             self.trainer._interrupted = True
 
-        try:
-            self.previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread
-            self.previous = None
+        for sig in self.SIGNALS:
+            try:
+                self.previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
 
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
 
 
 def _resize_for(cfg: TrainConfig) -> int:

@@ -89,3 +89,28 @@ def test_export_cli_writes_loadable_weights(tmp_path: Path) -> None:
     assert meta.class_names == ("red", "green", "blue", "white") and "top1" in meta.metrics
     assert main(["evaluate", str(out), "--data", "generated:64", "--confusion", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
+    """docker stop, Kubernetes and Slurm pre-emption send SIGTERM: the run stops after the step with a checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "model.console", "train", "--recipe", "tiny", "--epochs", "200", "--out", str(tmp_path), "--no-export"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "config.json").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(3)  # some steps into the first epochs
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "interrupted: checkpoint saved" in err
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert 0 < state["step"] < 200 * 8  # mid-run (the tiny recipe: 8 steps per epoch)
