@@ -9,13 +9,13 @@ Requests announce themselves when they start reading their upload (``announce``)
 announced requests are still decoding, the worker waits for them up to ``max_wait_busy``:
 with clients that send their next request when the last is answered, half of them would
 otherwise always be one batch behind the other half, and batches would stay half full
-(measured: a mean of 6.9 images per batch with 16 clients, against 11-13 with this).
+(figures in bench/RESULTS.md, "Design figures").
 
 With ``exclusive`` (the default on the CPU), decoding and preprocessing wait while a forward
 pass runs (``run_between_forwards``). The forward's OpenMP threads are statically partitioned
-over the cores, so a decoder taking a quarter of one core slowed a batch-16 forward by 19%
-(58 -> 47 images/s, measured here); decoding between forwards keeps each pass at full speed
-(in the server: 50.9 -> 56.5 images/s). The wait is bounded, so a decoder is never starved by
+over the cores, so a decoder running beside a forward pass slows the whole pass down to the
+speed of its slowest thread; decoding between forwards keeps each pass at full speed
+(bench/RESULTS.md, "Design figures"). The wait is bounded, so a decoder is never starved by
 back-to-back forwards.
 """
 
@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -64,7 +64,6 @@ _announced: contextvars.ContextVar[_Announcement | None] = contextvars.ContextVa
 class BatchStats:
     batches: int = 0
     images: int = 0
-    sizes: list[int] = field(default_factory=list)
 
 
 class Batcher:

@@ -20,7 +20,7 @@ from app.metrics import Metrics, MetricsMiddleware
 from app.routes import classify, health, images, similar, web
 from app.settings import Settings, get_settings
 from app.state import ServiceState
-from index.index import ImageIndex, IndexError_
+from index.index import ImageIndex, ImageIndexError
 from index.store import StoreError, StoreUnavailable
 from model.predictor import Predictor
 from model.runtime import apply_memory_setting
@@ -74,7 +74,7 @@ def open_index(state: ServiceState) -> bool:
             store_url=settings.store_url.get_secret_value() if settings.store_url else None,
             follow_interval=settings.follow_interval_s,
         )
-    except (IndexError_, StoreError, OSError, ValueError) as e:
+    except (ImageIndexError, StoreError, OSError, ValueError) as e:
         if state.index_problem is None:
             log.error("cannot open the index: %s", e)
         state.index_problem = f"index {settings.index_dir}: {e}"

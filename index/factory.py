@@ -91,8 +91,8 @@ def first_pca(index: faiss.Index) -> Any:
 
 
 def train_pca(pca: Any, sample: np.ndarray) -> None:
-    """Train a plain FAISS PCAMatrix with numpy's float32 eigh (about 15 s at 4096 dimensions,
-    against 85 s for FAISS's own routine), keeping only the d_out eigenvectors it uses."""
+    """Train a plain FAISS PCAMatrix with numpy's float32 eigh (several times faster than FAISS's own routine
+    at 4096 dimensions: bench/RESULTS.md, "Design figures"), keeping only the d_out eigenvectors it uses."""
     mean = sample.mean(0, dtype=np.float64).astype(np.float32)
     centred = sample - mean
     if len(sample) < sample.shape[1]:  # fewer samples than dimensions: the SVD of the samples is cheaper

@@ -140,7 +140,7 @@ def encode_for_store(image: Image.Image, max_side: int = 512) -> tuple[bytes, st
         im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     if max(im.size) <= 256:
-        im.save(buf, format="PNG", compress_level=1)  # 1.4 ms instead of 4.4 ms at 224x224, files 26% larger
+        im.save(buf, format="PNG", compress_level=1)  # a third of the time of the default level, files a quarter larger
         return buf.getvalue(), ".png"
     im.save(buf, format="JPEG", quality=90)
     return buf.getvalue(), ".jpg"

@@ -47,8 +47,8 @@ def lrn_reference(a: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0
 
 def _inverse_power(d: Tensor, beta: float) -> Tensor:
     """d ** -beta, in place. For the paper's beta = 0.75 as rsqrt(d) * sqrt(rsqrt(d)): the same
-    value to float rounding, and 3-5x faster than pow on the CPU at batch 1 (pow's exp/log is
-    what costs; at large batches both are bound by memory)."""
+    value to float rounding, and faster than pow on the CPU at small batches (pow's exp/log is
+    what costs; at large batches both are bound by memory; bench/RESULTS.md, "Design figures")."""
     if beta == 0.75:
         r = d.rsqrt_()
         return r.mul_(r.sqrt())

@@ -1,10 +1,14 @@
 """fp32 serving on the CPU: fc6, fc7 and fc8 with their weights pre-packed for oneDNN.
 
 ``nn.Linear`` on the CPU calls MKL's sgemm, which is slow for the small batches a service
-runs: measured here for fc6 (9216 -> 2048), 4.5 ms at batch 1, 8.7 ms at batch 2, 11-15 ms at
-batches 4-16. oneDNN's inner product with the weight reordered once into its blocked layout
-(the kernel PyTorch's own compiler uses for CPU linear layers) takes 2.7, 3.9 and 5.5-7.6 ms.
-Same fp32 arithmetic, summed in another order: outputs agree to about 1e-6 relative.
+runs. oneDNN's inner product with the weight reordered once into its blocked layout (the kernel
+PyTorch's own compiler uses for CPU linear layers) is faster there (bench/RESULTS.md, "Packed fc
+layers"). Same fp32 arithmetic, summed in another order: outputs agree to about 1e-6 relative.
+
+The kernels are private PyTorch ops (``torch.ops.mkldnn._reorder_linear_weight`` and
+``_linear_pointwise``). Where a PyTorch release lacks them, or they fail or disagree with
+``nn.Linear`` on a trial input, the layers stay ``nn.Linear`` and a warning says so: slower,
+never wrong, so PyTorch needs only a minimum version.
 
 Inference only (the packed weight has no gradient). ``bench/model_bench.py`` measures it.
 """
@@ -71,7 +75,7 @@ def pack_linears(model: AlexNet, input_size: int) -> int:
     there ``AlexNet._fc6`` folds the adaptive pool into its weight, which cuts more.
     """
     if not packing_available():
-        log.info("oneDNN packed linear kernels unavailable; fc layers use nn.Linear")
+        log.warning("this PyTorch (%s) lacks oneDNN's packed linear kernels; fc layers use nn.Linear (slower)", torch.__version__)
         return 0
     if model.training:
         raise ValueError("pack_linears is for inference: call model.eval() first")
@@ -81,6 +85,26 @@ def pack_linears(model: AlexNet, input_size: int) -> int:
         for name in names:
             layer = getattr(tower, name)
             if type(layer) is nn.Linear and layer.weight.device.type == "cpu" and layer.weight.dtype == torch.float32:
-                setattr(tower, name, PackedLinear(layer))
+                packed = _trial(layer)
+                if packed is None:
+                    return count
+                setattr(tower, name, packed)
                 count += 1
     return count
+
+
+def _trial(layer: nn.Linear) -> PackedLinear | None:
+    """``layer`` packed, if the packed kernel runs here and agrees with it on a trial input; else None, logged."""
+    x = torch.linspace(-1, 1, 2 * layer.in_features).view(2, layer.in_features)
+    try:
+        packed = PackedLinear(layer)
+        with torch.inference_mode():
+            ok = torch.allclose(packed(x), layer(x), rtol=1e-4, atol=1e-4)
+        problem = "" if ok else "its outputs differ from nn.Linear's"
+    except Exception as e:  # a private op whose signature changed in another PyTorch release
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        log.warning("oneDNN packed linear kernels unusable in PyTorch %s (%s); fc layers use nn.Linear (slower)", torch.__version__,
+                    problem)  # fmt: skip
+        return None
+    return packed

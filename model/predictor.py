@@ -26,8 +26,8 @@ def serving_model(
     model: Network, *, precision: str = "fp32", device: str = "cpu", input_size: int = 224, pack: bool = True
 ) -> tuple[Network, int]:
     """A loaded network in eval mode as the Predictor serves it, and how many fc layers were packed:
-    int8 fc layers (CPU), or on the CPU in fp32 oneDNN-packed fc layers (model/packed.py: 1.5-2.5x
-    nn.Linear at batches 1-16); channels_last, which oneDNN and cuDNN run faster. The benchmarks
+    int8 fc layers (CPU), or on the CPU in fp32 oneDNN-packed fc layers (model/packed.py, faster than
+    nn.Linear at small batches); channels_last, which oneDNN and cuDNN run faster. The benchmarks
     measure exactly this."""
     packed = 0
     if precision == "int8":

@@ -3,10 +3,9 @@
 fc6, fc7 and fc8 hold 96% of AlexNet's weights (58.6M of 61M); at batch 1 the forward pass
 is bound by reading them (233 MB in fp32). Dynamic int8 quantisation (int8 weights, one
 scale per tensor, activations quantised on the fly, fbgemm kernels) reads a quarter of that.
-Per-channel scales were measured too: top-5 overlap 98.5% instead of 98.4% on 4,000 test
-images, at 16.1 instead of 13.9 ms for batch 1 in one timing. The convolutions stay fp32:
-dynamic int8 convolutions cut batch 1 from 13.9 to 9.7 ms but dropped the top-5 overlap with
-fp32 to 96% (bench/RESULTS.md). Agreement with fp32 is measured by ``bench/model_bench.py``.
+Per-channel scales agreed no better with fp32 and ran slower; dynamic int8 convolutions were
+faster but agreed too little with fp32, so the convolutions stay fp32 (bench/RESULTS.md,
+"Design figures"). Agreement with fp32 is measured by ``bench/model_bench.py``.
 """
 
 from __future__ import annotations

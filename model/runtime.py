@@ -2,8 +2,8 @@
 
 glibc's malloc gives large blocks (a batch's activations: 9 MB per tower for conv1 at batch
 16) back to the operating system when they are freed, with ``mmap``/``munmap`` or by trimming
-the heap; the next forward pass then page-faults on every fresh 4 KiB page (26,000 faults
-per batch-16 pass, 105,000 at batch 64, measured here). Raising malloc's mmap and trim
+the heap; the next forward pass then page-faults on every fresh 4 KiB page (tens of thousands
+of faults per pass: bench/RESULTS.md, "Allocator"). Raising malloc's mmap and trim
 thresholds keeps those pages in the process, so the same memory is reused pass after pass.
 The cost: the process keeps its peak memory (one forward pass at the largest batch) instead
 of returning it between passes. ``bench/model_bench.py`` measures both settings in one run.

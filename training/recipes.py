@@ -62,7 +62,7 @@ RECIPES: dict[str, TrainConfig] = {
     # chance loss here for thousands of steps (weights N(0, 0.01) through eight layers without
     # normalisation); AdamW with warm-up, a decay to zero within the time budget and label
     # smoothing trains in minutes. Budget: 17.5 min of training + validation and export < 20 min.
-    # Trials at 5 minutes: lr 6e-4 with 73->64 crops 81.9%; lr 1.2e-3 with 68->64 crops 84.6%.
+    # The learning rate and crop ratio were chosen by 5-minute trials (bench/RESULTS.md, "Design figures").
     "fashion-mnist": TrainConfig(
         name="fashion-mnist",
         data="fashion-mnist",
