@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Path
 from pydantic import BaseModel, Field
+
+from index.store import MAX_ID, ImageRecord
+
+if TYPE_CHECKING:
+    from model.predictor import Predictor
+
+# A stored image's id in a path: the store's ids are positive 64-bit integers (index/store.py)
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="id of a stored image")]
 
 
 class ModelInfo(BaseModel):
     architecture: str
     weights_hash: str = Field(description="SHA-256 of the weights' tensors")
     num_classes: int
+
+    @classmethod
+    def of(cls, predictor: Predictor) -> ModelInfo:
+        return cls(architecture=predictor.meta.architecture, weights_hash=predictor.weights_hash, num_classes=predictor.meta.num_classes)
 
 
 class Prediction(BaseModel):
@@ -31,10 +46,21 @@ class ClassifyResponse(BaseModel):
 class SimilarHit(BaseModel):
     id: int
     score: float = Field(ge=-1, le=1, description="cosine similarity of fc7 vectors")
-    label: str | None
+    label: str | None = Field(description="null while the gallery's store cannot be reached")
     source: str | None
     image_url: str
     meta_url: str
+
+    @classmethod
+    def of(cls, image_id: int, score: float, record: ImageRecord | None) -> SimilarHit:
+        return cls(
+            id=image_id,
+            score=min(1.0, max(-1.0, score)),
+            label=record.label if record else None,
+            source=record.source if record else None,
+            image_url=f"/images/{image_id}",
+            meta_url=f"/images/{image_id}/meta",
+        )
 
 
 class SimilarResponse(BaseModel):
@@ -64,6 +90,13 @@ class ImageMeta(BaseModel):
     height: int
     created: float
     image_url: str
+
+    @classmethod
+    def of(cls, rec: ImageRecord) -> ImageMeta:
+        return cls(
+            id=rec.id, sha256=rec.sha256, source=rec.source, label=rec.label, width=rec.width, height=rec.height, created=rec.created,
+            image_url=f"/images/{rec.id}",
+        )  # fmt: skip
 
 
 class DeleteResponse(BaseModel):

@@ -1,28 +1,32 @@
-"""What the lifespan loads once: the predictor, the index, the batcher; and what failed, if anything."""
+"""What the lifespan loads once (the predictor, the index, the batcher, and what failed), and the
+dependencies routes declare to get them: ``ModelDep``, ``IndexDep``, ``Ctx``.
+
+A route that names ``ModelDep`` or ``IndexDep`` is answered 503, saying why, while that part is not
+loaded; the route's own code never checks.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import Depends, HTTPException, Request
-from starlette.concurrency import run_in_threadpool
 
 from app.batching import Batcher
 from app.metrics import Metrics
 from app.schemas import ModelInfo, Prediction
 from app.settings import Settings
+from app.uploads import Upload, read_uploads
 from index.index import ImageIndex
 from model.predictor import Predictor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["Ctx", "ServiceState", "get_state"]
+__all__ = ["Ctx", "IndexDep", "Inferred", "ModelDep", "ServedModel", "ServiceState", "get_index", "get_model", "get_state"]
 
 
 @dataclass
@@ -39,58 +43,68 @@ class ServiceState:
     def all_problems(self) -> list[str]:
         return self.problems + ([self.index_problem] if self.index_problem else [])
 
-    # -- readiness -------------------------------------------------------------------------
+    def model_info(self) -> ModelInfo | None:
+        return None if self.predictor is None else ModelInfo.of(self.predictor)
 
-    def require_model(self) -> tuple[Predictor, Batcher]:
-        if self.predictor is None or self.batcher is None:
-            raise HTTPException(503, f"model not loaded: {'; '.join(self.all_problems()) or 'starting'}")
-        return self.predictor, self.batcher
 
-    def require_index(self) -> ImageIndex:
-        if self.index is None:
-            retry = {"Retry-After": "5"} if self.index_retryable or not self.all_problems() else None  # (starting, or the store is away)
-            raise HTTPException(503, f"index not available: {'; '.join(self.all_problems()) or 'starting'}", headers=retry)
-        return self.index
+@dataclass
+class Inferred:
+    """The uploads of one request and what the network made of them (one row per upload)."""
 
-    def model_info(self) -> ModelInfo:
-        p, _ = self.require_model()
-        return ModelInfo(architecture=p.meta.architecture, weights_hash=p.weights_hash, num_classes=p.meta.num_classes)
+    uploads: list[Upload]
+    fields: dict[str, str]  # the request's text fields
+    probs: torch.Tensor  # (n, classes) softmax (averaged over the ten crops with ten_crop)
+    fc7: torch.Tensor  # (n, 4096), of the centre crop with ten_crop
 
-    # -- the network, through the batcher -------------------------------------------------------
+
+@dataclass
+class ServedModel:
+    """The loaded network as routes use it: every forward pass goes through the batcher."""
+
+    predictor: Predictor
+    batcher: Batcher
+    settings: Settings
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo.of(self.predictor)
 
     async def cpu_work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Decoding and other CPU work of a request, kept out of the forward passes (see app/batching.py)."""
-        if self.batcher is None:
-            return await run_in_threadpool(fn, *args, **kwargs)
         return await self.batcher.run_between_forwards(fn, *args, **kwargs)
 
-    @asynccontextmanager
-    async def announced(self) -> AsyncIterator[None]:
-        """Around reading and decoding an upload that will go through ``infer`` (see app/batching.py)."""
-        if self.batcher is None:
-            yield
-            return
-        async with self.batcher.announce():
-            yield
-
     async def infer(self, images: list, *, ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probabilities (n, classes) and L2-normalised-ready fc7 (n, 4096) of PIL images."""
-        predictor, batcher = self.require_model()
+        """Probabilities (n, classes) and fc7 (n, 4096) of PIL images (``Predictor.outputs`` combines ten crops)."""
         # uint8 pixels: normalised once per batch inside the forward (Predictor.pixels)
-        batch = await batcher.run_between_forwards(predictor.pixels, images, ten_crop)
-        if ten_crop:
-            n = len(images)
-            logits, fc7 = await batcher.submit(batch.flatten(0, 1))
-            probs = logits.softmax(dim=1).view(n, 10, -1).mean(dim=1)
-            return probs, fc7.view(n, 10, -1)[:, 4]  # fc7 of the centre crop
-        logits, fc7 = await batcher.submit(batch)
-        return logits.softmax(dim=1), fc7
+        batch = await self.batcher.run_between_forwards(self.predictor.pixels, images, ten_crop)
+        logits, fc7 = await self.batcher.submit(batch.flatten(0, 1) if ten_crop else batch)
+        return Predictor.outputs(logits, fc7, ten_crop=ten_crop)
+
+    async def read_and_infer(
+        self, request: Request, *, multiple: bool, ten_crop: bool = False, check_fields: Callable[[dict[str, str]], None] | None = None
+    ) -> Inferred:
+        """Read a multipart upload within the settings' limits, decode it between forward passes, and run it.
+        The batcher knows the request is coming from its first byte (``Batcher.announce``). ``check_fields``
+        refuses bad text fields before the forward pass."""
+        s = self.settings
+        async with self.batcher.announce():
+            uploads, fields = await read_uploads(
+                request,
+                max_files=s.max_files if multiple else 1,
+                max_fields=s.max_fields,
+                max_pixels=s.max_pixels,
+                multiple=multiple,
+                run=self.cpu_work,
+            )
+            if check_fields is not None:
+                check_fields(fields)
+            probs, fc7 = await self.infer([u.decoded.image for u in uploads], ten_crop=ten_crop)
+        return Inferred(uploads, fields, probs, fc7)
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[list[Prediction]]:
-        predictor, _ = self.require_model()
         return [
             [Prediction(index=p.index, label=p.label, probability=min(1.0, max(0.0, p.probability))) for p in row]
-            for row in predictor.top_k(probs, k)
+            for row in self.predictor.top_k(probs, k)
         ]
 
 
@@ -100,3 +114,20 @@ def get_state(request: Request) -> ServiceState:
 
 
 Ctx = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_model(state: Ctx) -> ServedModel:
+    if state.predictor is None or state.batcher is None:
+        raise HTTPException(503, f"model not loaded: {'; '.join(state.all_problems()) or 'starting'}")
+    return ServedModel(state.predictor, state.batcher, state.settings)
+
+
+def get_index(state: Ctx) -> ImageIndex:
+    if state.index is None:
+        retry = {"Retry-After": "5"} if state.index_retryable or not state.all_problems() else None  # (starting, or the store is away)
+        raise HTTPException(503, f"index not available: {'; '.join(state.all_problems()) or 'starting'}", headers=retry)
+    return state.index
+
+
+ModelDep = Annotated[ServedModel, Depends(get_model)]
+IndexDep = Annotated[ImageIndex, Depends(get_index)]

@@ -32,6 +32,7 @@ from PIL import Image
 from model.decode import encode_for_store
 
 __all__ = [
+    "MAX_ID",
     "SCHEMA_VERSION",
     "ImageRecord",
     "NewImage",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1  # both implementations; each migrates an older schema at open
+MAX_ID = 2**63 - 1  # ids are positive 64-bit integers (SQLite's INTEGER PRIMARY KEY, PostgreSQL's bigint), never reused
 
 
 class StoreError(RuntimeError):

@@ -124,14 +124,21 @@ class Predictor:
                 fc7.append(f7.float().cpu())
         return torch.cat(logits), torch.cat(fc7)
 
+    @staticmethod
+    def outputs(logits: Tensor, fc7: Tensor, *, ten_crop: bool = False) -> tuple[Tensor, Tensor]:
+        """Per image: softmax probabilities and fc7. With ``ten_crop`` the rows are each image's ten crops in
+        ``ten_crop_geometry``'s order: the softmax is averaged over them (section 4.1 of the paper) and fc7
+        is the centre crop's, the one a plain forward sees."""
+        if not ten_crop:
+            return logits.softmax(dim=1), fc7
+        n = logits.shape[0] // 10
+        return logits.softmax(dim=1).view(n, 10, -1).mean(dim=1), fc7.view(n, 10, -1)[:, 4]
+
     def probabilities(self, batch: Tensor) -> Tensor:
         """Softmax over classes; for a (N, 10, ...) batch the ten crops' softmax is averaged."""
-        if batch.dim() == 5:
-            n = batch.shape[0]
-            logits, _ = self.forward(batch.flatten(0, 1))
-            return logits.softmax(dim=1).view(n, 10, -1).mean(dim=1)
-        logits, _ = self.forward(batch)
-        return logits.softmax(dim=1)
+        ten_crop = batch.dim() == 5
+        logits, fc7 = self.forward(batch.flatten(0, 1) if ten_crop else batch)
+        return self.outputs(logits, fc7, ten_crop=ten_crop)[0]
 
     def top_k(self, probs: Tensor, k: int = 5) -> list[list[Prediction]]:
         if not 1 <= k <= self.meta.num_classes:

@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from app.schemas import ClassifyResponse, ClassifyResult, ErrorResponse
-from app.state import Ctx
-from app.uploads import multipart_body, read_uploads
+from app.state import ModelDep
+from app.uploads import multipart_body
 
 router = APIRouter(tags=["classify"])
 
@@ -14,27 +14,22 @@ ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorResponse} for s 
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=multipart_body(multiple=True))
 async def classify(
     request: Request,
-    ctx: Ctx,
+    model: ModelDep,
     k: int | None = Query(
         None, ge=1, le=1000, description="labels per image: 1 to the number of classes (default 5, or fewer if the model has fewer classes)"
     ),
     ten_crop: bool = Query(False, description="average the softmax over the paper's 10 patches"),
 ) -> ClassifyResponse:
     """Top-k labels with probabilities for each uploaded image."""
-    info = ctx.model_info()
+    info = model.info
     if k is None:
         k = min(5, info.num_classes)
     if k > info.num_classes:
         raise HTTPException(422, f"k must be between 1 and {info.num_classes} (the model's classes), got {k}")
-    s = ctx.settings
-    async with ctx.announced():
-        uploads, _ = await read_uploads(
-            request, max_files=s.max_files, max_fields=s.max_fields, max_pixels=s.max_pixels, multiple=True, run=ctx.cpu_work
-        )
-        probs, _ = await ctx.infer([u.decoded.image for u in uploads], ten_crop=ten_crop)
-    rows = ctx.top_k(probs, k)
+    done = await model.read_and_infer(request, multiple=True, ten_crop=ten_crop)
+    rows = model.top_k(done.probs, k)
     return ClassifyResponse(
         model=info,
         ten_crop=ten_crop,
-        results=[ClassifyResult(filename=u.filename, predictions=r) for u, r in zip(uploads, rows, strict=True)],
+        results=[ClassifyResult(filename=u.filename, predictions=r) for u, r in zip(done.uploads, rows, strict=True)],
     )

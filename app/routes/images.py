@@ -3,25 +3,22 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from app.schemas import AddedImage, AddImagesResponse, DeleteResponse, ErrorResponse, ImageMeta
-from app.state import Ctx, ServiceState, get_state
-from app.uploads import multipart_body, read_uploads
+from app.schemas import AddedImage, AddImagesResponse, DeleteResponse, ErrorResponse, ImageId, ImageMeta
+from app.state import Ctx, IndexDep, ModelDep
+from app.uploads import multipart_body
 from index.store import NewImage, StoreError, StoreUnavailable
-from model.decode import encode_for_store
 
 router = APIRouter(tags=["images"])
 
 ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 422, 503, 507)}
-MAX_ID = 2**63 - 1  # SQLite INTEGER
-ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="id of a stored image")]
 
 
 def require_api_key(
-    state: Annotated[ServiceState, Depends(get_state)],
+    state: Ctx,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
     x_api_key: Annotated[str | None, Header(description="the API key")] = None,
 ) -> None:
@@ -50,35 +47,31 @@ Authorized = Annotated[None, Depends(require_api_key)]
         multiple=True, fields={"label": {"type": "string", "maxLength": 200, "description": "label for every image"}}
     ),
 )
-async def add_images(request: Request, ctx: Ctx, _: Authorized) -> AddImagesResponse:
+async def add_images(request: Request, ctx: Ctx, model: ModelDep, index: IndexDep, _: Authorized) -> AddImagesResponse:
     """Store images in the index; durable before the answer. The same bytes twice give the same id."""
-    index = ctx.require_index()
-    s = ctx.settings
-    async with ctx.announced():
-        uploads, fields = await read_uploads(
-            request, max_files=s.max_files, max_fields=s.max_fields, max_pixels=s.max_pixels, multiple=True, run=ctx.cpu_work
-        )
-        label = fields.get("label") or None
-        if label is not None and len(label) > 200:
+
+    def check_label(fields: dict[str, str]) -> None:
+        if len(fields.get("label") or "") > 200:
             raise HTTPException(422, "label is longer than 200 characters")
-        _probs, fc7 = await ctx.infer([u.decoded.image for u in uploads])
-    vectors = fc7.numpy()
-    encoded = await ctx.cpu_work(lambda: [encode_for_store(u.decoded.image) for u in uploads])
-    items = [
-        NewImage(
-            vector=v.copy(),
-            sha256=u.decoded.sha256,
-            encoded=data,
-            suffix=suffix,
-            width=u.decoded.width,
-            height=u.decoded.height,
-            source=f"upload:{u.filename}" if u.filename else "upload",
-            label=label,
-        )
-        for u, v, (data, suffix) in zip(uploads, vectors, encoded, strict=True)
-    ]
+
+    done = await model.read_and_infer(request, multiple=True, check_fields=check_label)
+    label = done.fields.get("label") or None
+    items = await model.cpu_work(
+        lambda: [
+            NewImage.of(
+                u.decoded.image,
+                sha256=u.decoded.sha256,
+                width=u.decoded.width,
+                height=u.decoded.height,
+                source=f"upload:{u.filename}" if u.filename else "upload",
+                label=label,
+                vector=v.copy(),
+            )
+            for u, v in zip(done.uploads, done.fc7.numpy(), strict=True)
+        ]
+    )
     try:
-        results = await run_in_threadpool(index.add, items, near_duplicate_threshold=s.near_duplicate_threshold)
+        results = await run_in_threadpool(index.add, items, near_duplicate_threshold=ctx.settings.near_duplicate_threshold)
     except StoreUnavailable as e:
         detail = f"the gallery's store cannot be reached, nothing was added; try again: {e}"
         raise HTTPException(503, detail, headers={"Retry-After": "2"}) from e
@@ -94,15 +87,14 @@ async def add_images(request: Request, ctx: Ctx, _: Authorized) -> AddImagesResp
                 near_duplicate_of=r.near_duplicate_of,
                 near_duplicate_score=r.near_duplicate_score,
             )
-            for u, r in zip(uploads, results, strict=True)
+            for u, r in zip(done.uploads, results, strict=True)
         ]
     )
 
 
 @router.delete("/images/{image_id}", response_model=DeleteResponse, responses=ERRORS)
-async def delete_image(image_id: ImageId, ctx: Ctx, _: Authorized) -> DeleteResponse:
+async def delete_image(image_id: ImageId, ctx: Ctx, index: IndexDep, _: Authorized) -> DeleteResponse:
     """Remove a stored image; it never appears in results again."""
-    index = ctx.require_index()
     try:
         rec = await run_in_threadpool(index.delete, image_id)
     except StoreUnavailable as e:
@@ -117,9 +109,8 @@ async def delete_image(image_id: ImageId, ctx: Ctx, _: Authorized) -> DeleteResp
 
 
 @router.get("/images/{image_id}", response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERRORS})
-async def get_image(image_id: ImageId, ctx: Ctx) -> Response:
+async def get_image(image_id: ImageId, index: IndexDep) -> Response:
     """The stored, re-encoded image (never the uploaded bytes)."""
-    index = ctx.require_index()
     found = await run_in_threadpool(index.image_data, image_id)
     if found is None:
         raise HTTPException(404, f"no image with id {image_id}")
@@ -129,19 +120,9 @@ async def get_image(image_id: ImageId, ctx: Ctx) -> Response:
 
 
 @router.get("/images/{image_id}/meta", response_model=ImageMeta, responses=ERRORS)
-async def image_meta(image_id: ImageId, ctx: Ctx) -> ImageMeta:
+async def image_meta(image_id: ImageId, index: IndexDep) -> ImageMeta:
     """What is stored about an image: source, label, size, hash."""
-    index = ctx.require_index()
     rec = await run_in_threadpool(index.get, image_id)
     if rec is None:
         raise HTTPException(404, f"no image with id {image_id}")
-    return ImageMeta(
-        id=rec.id,
-        sha256=rec.sha256,
-        source=rec.source,
-        label=rec.label,
-        width=rec.width,
-        height=rec.height,
-        created=rec.created,
-        image_url=f"/images/{rec.id}",
-    )
+    return ImageMeta.of(rec)
