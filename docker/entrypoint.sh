@@ -74,10 +74,22 @@ prepare() {
       exit 1
     fi
     ensure_fashion_mnist
-    say "training the default model (recipe ${ALEXNET_RECIPE:-fashion-mnist}; about 20 minutes on 2 CPU cores)"
+    local resume=()
+    if [ -f "$DATA_DIR/runs/default/checkpoint.pt" ]; then
+      # an interrupted run (Ctrl-C, SIGTERM, a crash after an epoch): continue it instead of starting over
+      resume=(--resume)
+      say "resuming the interrupted training run in $DATA_DIR/runs/default"
+    else
+      say "training the default model (recipe ${ALEXNET_RECIPE:-fashion-mnist}; about 20 minutes on 2 CPU cores)"
+    fi
     t0=$(now)
+    rm -f "$DATA_DIR/runs/default/model.safetensors"  # (an earlier run's; this run writes its own when it finishes)
     # shellcheck disable=SC2086
-    "${ALEXNET[@]}" train --recipe "${ALEXNET_RECIPE:-fashion-mnist}" --data-dir "$FMNIST_DIR" --out "$DATA_DIR/runs/default" ${ALEXNET_TRAIN_ARGS:-}
+    "${ALEXNET[@]}" train --recipe "${ALEXNET_RECIPE:-fashion-mnist}" --data-dir "$FMNIST_DIR" --out "$DATA_DIR/runs/default" "${resume[@]}" ${ALEXNET_TRAIN_ARGS:-}
+    if [ ! -f "$DATA_DIR/runs/default/model.safetensors" ]; then
+      echo "training stopped before it finished; run the same command again to resume it" >&2
+      exit 1
+    fi
     mkdir -p "$(dirname "$ALEXNET_WEIGHTS")"
     cp "$DATA_DIR/runs/default/model.safetensors" "$ALEXNET_WEIGHTS.tmp" && mv "$ALEXNET_WEIGHTS.tmp" "$ALEXNET_WEIGHTS"
     t=$(( $(now) - t0 )); echo "phase train: ${t}s"

@@ -55,8 +55,13 @@ def test_prepare_then_serve_then_restart(tmp_path: Path) -> None:
     }
     env.pop("ALEXNET_WEIGHTS", None)
     env.pop("ALEXNET_INDEX_DIR", None)
+    # a run that stops before it exports (as after SIGTERM): prepare says so and fails; the next prepare resumes it
+    stopped = run_entrypoint(["prepare"], {**env, "ALEXNET_TRAIN_ARGS": env["ALEXNET_TRAIN_ARGS"] + " --no-export"})
+    assert stopped.returncode == 1 and "run the same command again to resume it" in stopped.stderr
+    assert (tmp_path / "data" / "runs" / "default" / "checkpoint.pt").is_file()
     first = run_entrypoint(["prepare"], env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "resuming the interrupted training run" in first.stdout and "resumed from" in first.stderr
     assert "phase train" in first.stdout and "phase index" in first.stdout
     weights = tmp_path / "data" / "weights" / "fashion-mnist.safetensors"
     assert weights.is_file()

@@ -30,6 +30,15 @@ class MetricsLog:
         self.csv = out / "metrics.csv"
         self.jsonl = out / "metrics.jsonl"
 
+    def restart(self, rows: list[dict[str, Any]]) -> None:
+        """Start the files over with ``rows``: none for a new run (an earlier run's rows in the same directory
+        go), the checkpoint's history for a resumed one (rows written after that checkpoint go)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.csv.unlink(missing_ok=True)
+        self.jsonl.unlink(missing_ok=True)
+        for row in rows:
+            self.append(row)
+
     def append(self, row: dict[str, Any]) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         new = not self.csv.exists()

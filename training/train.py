@@ -279,6 +279,8 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.cfg.save(self.out / "config.json")
+        if self.metrics:  # the files hold this run only: a new run's rows, or a resumed run's rows up to its checkpoint
+            self.metrics.restart(self.history)
         with _sigint_checkpoint(self):
             while not self.finished() and not self._interrupted:
                 stats = self.train_one_epoch()

@@ -9,6 +9,7 @@ from PIL import Image
 from model.predictor import Predictor
 from model.weights import load_weights
 from training.checkpoint import load_checkpoint
+from training.metrics import MetricsLog
 from training.recipes import recipe
 from training.train import Trainer, train
 
@@ -44,8 +45,13 @@ def test_resume_gives_the_same_parameters(tmp_path: Path) -> None:
     first.stop_at_step = 5  # as if Ctrl-C came in the middle of the first epoch
     first.fit()
     assert first.step == 5 and (tmp_path / "part" / "checkpoint.pt").is_file()
+    MetricsLog(tmp_path / "part").append({"epoch": 9, "step": 999})  # a row written after the checkpoint, then killed
     second = train(part, resume=True, export=False, progress=False)
     assert second.step == 16
+    steps = [r["step"] for r in MetricsLog(tmp_path / "full").rows()]
+    assert steps == [8, 16] and [r["step"] for r in MetricsLog(tmp_path / "part").rows()] == steps  # one run, not two mixed
+    train(tiny(tmp_path / "full"), export=False, progress=False)  # a new run in the same directory starts the files over
+    assert [r["step"] for r in MetricsLog(tmp_path / "full").rows()] == steps
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     for k in a["model"]:
