@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+from typing import Any
 
 __all__ = ["ERRORS", "main"]
 
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
         default=1,
         help="service processes on one port, sharing the gallery (each follows the store's change log; default 1)",
     )
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default ALEXNET_LOG_LEVEL or info")
     args = parser.parse_args(argv[1:])
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     from app.settings import Settings
 
     # flags become the settings' variables, so that worker processes (which build their own app) read the same
-    for flag, var in ((args.weights, "ALEXNET_WEIGHTS"), (args.index, "ALEXNET_INDEX_DIR")):
+    for flag, var in ((args.weights, "ALEXNET_WEIGHTS"), (args.index, "ALEXNET_INDEX_DIR"), (args.log_level, "ALEXNET_LOG_LEVEL")):
         if flag:
             os.environ[var] = flag
     if args.workers > 1 and not os.environ.get("ALEXNET_TORCH_THREADS"):
@@ -43,11 +43,12 @@ def main(argv: list[str]) -> int:
     settings = Settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    logging.getLogger().setLevel(args.log_level.upper())
     store = "PostgreSQL (ALEXNET_STORE_URL)" if settings.store_url else f"index {settings.index_dir}"
     print(f"serving on http://{host}:{port}  (weights {settings.weights}, {store}, {args.workers} worker(s))", flush=True)
+    # uvicorn's loggers go through the service's handler (app/observe.py), which writes the access log itself
+    logs: dict[str, Any] = {"log_level": settings.log_level, "log_config": None, "access_log": False}
     if args.workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=10)
+        uvicorn.run(create_app(settings), host=host, port=port, timeout_graceful_shutdown=10, **logs)
     else:  # uvicorn's supervisor: each worker imports the factory and loads model and index in its own lifespan
         uvicorn.run(
             "app.main:app",
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
             workers=args.workers,
             host=host,
             port=port,
-            log_level=args.log_level,
+            **logs,
             timeout_graceful_shutdown=10,
         )
     return 0

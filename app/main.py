@@ -12,11 +12,13 @@ import faiss
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from app.batching import Batcher
 from app.limits import BodySizeLimit
-from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import Metrics
+from app.observe import RequestTelemetry, configure_logging
 from app.routes import classify, health, images, similar, web
 from app.settings import Settings, get_settings
 from app.state import ServiceState
@@ -96,6 +98,7 @@ async def retry_open_index(state: ServiceState, every_s: float = 2.0) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_format, settings.log_level.upper())
     apply_memory_setting()  # ALEXNET_RETAIN_FREED_MEMORY (model/runtime.py); a bad value stops the start here
     metrics = Metrics()
 
@@ -165,7 +168,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (classify, similar, images, health, web):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list(),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestTelemetry, metrics=metrics)  # outermost: every request has its id and its access-log line
     return app
 
 

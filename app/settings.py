@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="key for POST/DELETE /images; unset: those endpoints answer 403")
     device: str = Field("cpu", description="cpu, cuda:0, or cuda:0,cuda:1 (two towers)")
     precision: Literal["fp32", "int8"] = Field("fp32", description="int8: the fc layers run with int8 weights (CPU)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="info shows the access log; warning hides it")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line (with the request id)")
+    cors_origins: str = Field(
+        "", description="origins a browser may call the API from: comma-separated (https://a.example,https://b.example) or *; empty: none"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -64,6 +69,9 @@ class Settings(BaseSettings):
         None, ge=-1, le=1, description="flag adds whose cosine to a stored image is at least this"
     )
     snapshot_every: int = Field(2000, ge=1, description="adds/deletes between FAISS snapshots (the SQLite store is always durable)")
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     def threads(self) -> int:
         return self.torch_threads or (os.cpu_count() or 1)
