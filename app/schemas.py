@@ -63,10 +63,18 @@ class SimilarHit(BaseModel):
         )
 
 
+class SimilarQuery(BaseModel):
+    filename: str | None = Field(description="the uploaded file's name (null for a stored image)")
+    count: int
+    results: list[SimilarHit] = Field(description="most similar first")
+    predictions: list[Prediction] = Field(default_factory=list, description="the query's top-5 labels (uploads only)")
+
+
 class SimilarResponse(BaseModel):
     model: ModelInfo
-    count: int
-    results: list[SimilarHit]
+    count: int = Field(description="hits for the first (or only) query")
+    results: list[SimilarHit] = Field(description="the first (or only) query's hits, most similar first")
+    queries: list[SimilarQuery] = Field(description="one entry per query image, in upload order")
 
 
 class AddedImage(BaseModel):
@@ -88,15 +96,24 @@ class ImageMeta(BaseModel):
     label: str | None
     width: int
     height: int
-    created: float
+    created_at: float = Field(description="when it was stored: seconds since the Unix epoch")
     image_url: str
 
     @classmethod
     def of(cls, rec: ImageRecord) -> ImageMeta:
         return cls(
-            id=rec.id, sha256=rec.sha256, source=rec.source, label=rec.label, width=rec.width, height=rec.height, created=rec.created,
+            id=rec.id, sha256=rec.sha256, source=rec.source, label=rec.label, width=rec.width, height=rec.height, created_at=rec.created,
             image_url=f"/images/{rec.id}",
         )  # fmt: skip
+
+
+class ImageList(BaseModel):
+    images: list[ImageMeta] = Field(description="in id order")
+    next_after: int | None = Field(description="pass as `after` for the next page; null on the last page")
+
+
+class LabelUpdate(BaseModel):
+    label: str | None = Field(max_length=200, description="the new label; null removes it")
 
 
 class DeleteResponse(BaseModel):

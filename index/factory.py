@@ -31,6 +31,7 @@ __all__ = [
     "new_faiss",
     "rescore",
     "search_candidates",
+    "selector_for",
     "train_index",
     "tune",
 ]
@@ -124,15 +125,26 @@ def train_index(index: faiss.Index, sample: np.ndarray) -> None:
 
 
 def search_candidates(
-    index: faiss.Index, queries: np.ndarray, k: int, *, exact: bool, rerank: int, tombstones: set[int]
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exact: bool,
+    rerank: int,
+    tombstones: set[int],
+    selector: faiss.IDSelector | None = None,
 ) -> list[list[tuple[int, float]]]:
     """(id, cosine) candidates for each unit query, best first: ``k`` from an exact index, else ``max(k, rerank)``
-    for ``rescore`` to order (tombstoned ids left out; the caller keeps the index from changing meanwhile)."""
+    for ``rescore`` to order (tombstoned ids left out; the caller keeps the index from changing meanwhile).
+    ``selector``: only those ids, filtered inside the search, so k come back whenever k match. An IVF index that
+    finds fewer in the lists it probes searches them all."""
     n = int(index.ntotal)
     if n == 0 or k <= 0:
         return [[] for _ in range(len(queries))]
     kk = min(n, max(k, 0 if exact else rerank) + len(tombstones))
-    scores, ids = index.search(queries, kk)
+    scores, ids = index.search(queries, kk, params=_search_params(index, selector, exhaustive=False))
+    if selector is not None and (ids < 0).any() and _ivf(index) is not None:
+        scores, ids = index.search(queries, kk, params=_search_params(index, selector, exhaustive=True))
     if index.metric_type == faiss.METRIC_L2:
         scores = 1.0 - scores / 2.0  # squared L2 between unit vectors -> cosine
     return [
@@ -141,10 +153,45 @@ def search_candidates(
     ]
 
 
+def _ivf(index: faiss.Index) -> Any:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _search_params(index: faiss.Index, selector: faiss.IDSelector | None, *, exhaustive: bool) -> Any:
+    if selector is None:
+        return None
+    ivf = _ivf(index)
+    if ivf is None:  # (faiss takes the fields as keywords)
+        return faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+    return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nlist if exhaustive else ivf.nprobe)  # type: ignore[call-arg]
+
+
+def selector_for(allowed: np.ndarray | None, excluded: np.ndarray | None) -> tuple[faiss.IDSelector, list[Any]]:
+    """A selector of the ids in ``allowed`` (None: every id) and not in ``excluded``, and the objects it points
+    to (FAISS keeps raw pointers: the caller holds the list while the selector is in use)."""
+    keep: list[Any] = []
+    parts: list[faiss.IDSelector] = []
+    if allowed is not None:
+        parts.append(faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64)))
+    if excluded is not None:
+        inner = faiss.IDSelectorBatch(np.ascontiguousarray(excluded, dtype=np.int64))
+        keep.append(inner)
+        parts.append(faiss.IDSelectorNot(inner))
+    if not parts:
+        parts.append(faiss.IDSelectorAll())
+    keep += parts
+    if len(parts) == 1:
+        return parts[0], keep
+    both = faiss.IDSelectorAnd(parts[0], parts[1])
+    return both, keep
+
+
 def tune(index: faiss.Index, nprobe: int = 0) -> None:
     """Search-time parameters: the inverted lists an IVF index searches (0: ``default_nprobe``)."""
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
+    ivf = _ivf(index)
+    if ivf is None:
         return
     ivf.nprobe = min(ivf.nlist, nprobe) if nprobe else default_nprobe(ivf.nlist)

@@ -1,18 +1,13 @@
 """``ImageIndex``: a FAISS cosine index over L2-normalised fc7 vectors, following its durable store.
 
 - The store (``index.store``: SQLite by default, PostgreSQL for replicas) is the truth; each
-  process's FAISS index is derived from it and follows its change log, whoever wrote the change.
-  Ids come from the store and survive deletes (``IndexIDMap2``).
-- Exact search for small collections; a FAISS factory string (e.g. ``PCA256,IVF1024,Flat`` or
-  ``HNSW32``) for larger ones, trained on a sample of the stored vectors (``index.factory``). ``auto``
-  (the service's default) is exact below ``auto_threshold`` vectors and ``PCA256,IVF<nlist>,Flat``
-  above, rebuilt in a background thread when the collection crosses a size step (searches and adds
-  go on against the old index meanwhile; changes made during the build are applied before the swap).
-- The snapshot ``index.faiss`` (``index.snapshot``) holds the index and the number of the last change
-  it holds. Opening loads it and applies the store's newer changes; a missing, stale-format,
-  truncated, tampered or foreign snapshot (one that holds changes the store does not have) is
-  rebuilt from the store.
-- The store records the content hash of the weights that made its vectors; other weights are refused.
+  process's FAISS index is derived from it and follows its change log (``index.changes``,
+  ``index.follow``), whoever wrote the change. Ids come from the store and survive deletes.
+- ``auto`` (the service's default factory) is exact below ``auto_threshold`` vectors and
+  ``PCA256,IVF<nlist>,Flat`` above (``index.factory``), rebuilt in a background thread when the
+  collection crosses a size step; searches and adds go on against the old index meanwhile.
+- The snapshot ``index.faiss`` (``index.snapshot``) holds the index and the last change it holds;
+  a damaged or foreign one is rebuilt from the store. Other weights are refused (``index.identity``).
 - Searches run concurrently; installing changes takes the writer side of a lock, for as long as the
   FAISS calls take (the store is read before).
 """
@@ -24,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +28,10 @@ import numpy as np
 
 from index.changes import Cancelled, build_from_store, catch_up, fetch, install
 from index.errors import ImageIndexError, WeightsMismatch
-from index.factory import AUTO, DEFAULT_DIM, auto_factory, is_exact, rescore, search_candidates, tune
+from index.factory import AUTO, DEFAULT_DIM, auto_factory, is_exact, rescore, search_candidates, selector_for, tune
 from index.follow import Follower
 from index.identity import claim_identity
+from index.results import AddResult, Hit
 from index.rwlock import RWLock
 from index.snapshot import SNAPSHOT, SnapshotUnusable, load_snapshot, write_snapshot
 from index.store import ImageRecord, NewImage, Store, StoreError, StoreUnavailable, open_store
@@ -46,30 +42,10 @@ log = logging.getLogger(__name__)
 __all__ = ["SNAPSHOT", "AddResult", "Hit", "ImageIndex", "ImageIndexError", "WeightsMismatch", "normalise"]
 
 
-@dataclass(frozen=True)
-class Hit:
-    id: int
-    score: float
-    record: ImageRecord | None  # None while the store cannot be reached (the FAISS index answered alone)
-
-
-@dataclass(frozen=True)
-class AddResult:
-    id: int
-    created: bool  # False: an exact duplicate (same SHA-256) was already stored
-    near_duplicate_of: int | None = None
-    near_duplicate_score: float | None = None
-
-
 class ImageIndex:
-    """The similarity index of one gallery: its store (SQLite in ``directory``, or PostgreSQL at
-    ``store_url``) and this process's FAISS index over it, snapshotted to ``directory/index.faiss``.
-
-    The FAISS index follows the store's change log: ``applied_seq`` is the last change it holds.
-    ``sync()`` applies what other processes wrote since; with ``follow_interval`` a thread calls it
-    whenever the store signals a change (PostgreSQL) or every interval (SQLite). Writes made through
-    this object are applied before they return (read-your-writes).
-    """
+    """One gallery: its store (SQLite in ``directory``, or PostgreSQL at ``store_url``) and this process's FAISS
+    index over it. ``applied_seq`` is the last change of the store's log the FAISS index holds; ``sync()`` applies
+    newer ones, and with ``follow_interval`` a thread does. Writes made here are applied before they return."""
 
     def __init__(
         self,
@@ -121,12 +97,9 @@ class ImageIndex:
         if not readonly:
             self._maybe_rebuild()
             try:
-                orphans = self.store.cleanup()
+                self.store.cleanup()  # files an interrupted add left behind
             except StoreError as e:
-                orphans = 0
                 log.warning("leftover image files not cleaned up: %s", e)
-            if orphans:
-                log.info("removed %d orphan image files left by an interrupted add", orphans)
         self._follower = Follower(str(self.dir), self.store, self.sync, follow_interval) if follow_interval else None
 
     def _wanted(self, n: int) -> str:
@@ -329,9 +302,9 @@ class ImageIndex:
         """Images this index holds (the store's count as of ``applied_seq``)."""
         return int(self.index.ntotal) - len(self._tombstones)
 
-    def _search_locked(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    def _search_locked(self, queries: np.ndarray, k: int, selector: Any = None) -> list[list[tuple[int, float]]]:
         exact = is_exact(self.factory)
-        found = search_candidates(self.index, queries, k, exact=exact, rerank=self.rerank, tombstones=self._tombstones)
+        found = search_candidates(self.index, queries, k, exact=exact, rerank=self.rerank, tombstones=self._tombstones, selector=selector)
         if exact or not self.rerank:
             return [hits[:k] for hits in found]
         try:
@@ -348,16 +321,32 @@ class ImageIndex:
         return [(int(i), float(sc)) for i, sc in zip(best, scores, strict=True)]
 
     def search(
-        self, queries: np.ndarray, k: int = 10, *, min_score: float | None = None, exclude: set[int] | None = None
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        min_score: float | None = None,
+        exclude: set[int] | None = None,
+        labels: Sequence[str] | None = None,
+        exclude_labels: Sequence[str] | None = None,
     ) -> list[list[Hit]]:
-        """The k most similar stored images for each query vector ((n, d) or (d,)), best first. While the store
-        cannot be reached, the hits come from the FAISS index alone, with ``record`` None."""
+        """The k most similar stored images for each query vector ((n, d) or (d,)), best first. ``labels``: only
+        images with one of these labels; ``exclude_labels``: none with these. Both filter inside the search, so k
+        come back whenever k images match. While the store cannot be reached, the hits come from the FAISS index
+        alone, with ``record`` None (and label filters cannot be applied: ``StoreUnavailable``)."""
         q = normalise(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"query of dimension {q.shape[1]}, this index holds {self.dim}-d vectors")
         extra = len(exclude or ())
+        selector, keep = None, None
+        if labels or exclude_labels:
+            allowed = self.store.ids_with_labels(labels) if labels else None
+            if allowed is not None and len(allowed) == 0:
+                return [[] for _ in range(len(q))]
+            selector, keep = selector_for(allowed, self.store.ids_with_labels(exclude_labels) if exclude_labels else None)
         with self._lock.read():
-            raw = self._search_locked(q, k + extra)
+            raw = self._search_locked(q, k + extra, selector)
+        del keep  # (the selector's parts lived until here)
         wanted = sorted({i for hits in raw for i, _ in hits})
         records: dict[int, ImageRecord] | None
         try:
@@ -377,6 +366,18 @@ class ImageIndex:
 
     def get(self, image_id: int) -> ImageRecord | None:
         return self.store.get(image_id)
+
+    def records(
+        self, *, after: int = 0, limit: int = 100, labels: Sequence[str] | None = None, source_prefix: str | None = None
+    ) -> list[ImageRecord]:
+        """A page of the gallery in id order, after id ``after`` (keyset pagination), filtered by label and source prefix."""
+        return self.store.list_records(after=after, limit=limit, labels=labels, source_prefix=source_prefix)
+
+    def set_label(self, image_id: int, label: str | None) -> ImageRecord | None:
+        """Change an image's label; None when the id is unknown. Searches filter by the new label at once."""
+        if self.readonly:
+            raise ImageIndexError(f"{self.dir}: the index is open read-only")
+        return self.store.set_label(image_id, label)
 
     def vector(self, image_id: int) -> np.ndarray | None:
         return self.store.vector(image_id)

@@ -232,6 +232,11 @@ class PostgresStore(Store):
             conn.execute("INSERT INTO alexnet_changes (op, image_id) VALUES ('delete', %s)", (image_id,))
         return self._record(row)
 
+    def set_label(self, image_id: int, label: str | None) -> ImageRecord | None:
+        with self._write(f"cannot change the label of image {image_id}") as conn:
+            row = conn.execute(f"UPDATE alexnet_images SET label = %s WHERE id = %s RETURNING {self._COLS}", (label, image_id)).fetchone()
+        return None if row is None else self._record(row)
+
     # -- reads ---------------------------------------------------------------------------------
 
     _COLS = "id, sha256, source, label, width, height, suffix, created, extra"

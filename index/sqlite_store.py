@@ -265,6 +265,12 @@ class SQLiteStore(Store):
                 log.warning("could not remove %s: %s", aside, e)
         return rec
 
+    def set_label(self, image_id: int, label: str | None) -> ImageRecord | None:
+        with self._transaction(f"cannot change the label of image {image_id}") as tx:
+            tx.db.execute("UPDATE images SET label = ? WHERE id = ?", (label, image_id))
+            row = tx.db.execute(f"SELECT {self._COLS} FROM images WHERE id = ?", (image_id,)).fetchone()
+        return None if row is None else self._record(row)
+
     # -- reads -------------------------------------------------------------------------------
 
     _COLS = "id, sha256, source, label, width, height, file, created, extra"
@@ -314,6 +320,8 @@ class SQLiteStore(Store):
                 if p.is_file() and (p.name.startswith(".") or str(p.relative_to(self.dir)) not in known):
                     p.unlink(missing_ok=True)
                     removed += 1
+        if removed:
+            log.info("removed %d orphan image files left by an interrupted add", removed)
         return removed
 
     def check(self) -> list[str]:

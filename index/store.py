@@ -134,6 +134,11 @@ class Store(abc.ABC):
     def delete(self, image_id: int) -> ImageRecord | None:
         """Remove an image durably, with a change. Returns its record, or None if unknown."""
 
+    @abc.abstractmethod
+    def set_label(self, image_id: int, label: str | None) -> ImageRecord | None:
+        """Change an image's label (None: no label). Returns the updated record, or None if unknown. No change is
+        logged: FAISS indexes hold vectors only, and every process reads labels from the store."""
+
     # -- reads -------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -172,6 +177,38 @@ class Store(abc.ABC):
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
         return np.array([r[0] for r in rows], dtype=np.int64), np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+    _COLS: str  # the columns ``_record`` reads, in its order
+
+    @staticmethod
+    @abc.abstractmethod
+    def _record(row: Any) -> ImageRecord: ...
+
+    def _filters(self, labels: Sequence[str] | None, source_prefix: str | None) -> tuple[str, list[Any]]:
+        """SQL conditions (each starting with AND) and their parameters: label among ``labels``, source starting
+        with ``source_prefix`` (compared exactly, byte for byte: no LIKE, so no wildcards and no case folding)."""
+        sql, params = "", []
+        if labels:
+            sql += f" AND label IN ({','.join([self.marker] * len(labels))})"
+            params += list(labels)
+        if source_prefix:
+            sql += f" AND substr(source, 1, length({self.marker})) = {self.marker}"
+            params += [source_prefix, source_prefix]
+        return sql, params
+
+    def list_records(
+        self, *, after: int = 0, limit: int = 100, labels: Sequence[str] | None = None, source_prefix: str | None = None
+    ) -> list[ImageRecord]:
+        """Up to ``limit`` records with ids above ``after``, in id order (keyset pagination), filtered."""
+        where, params = self._filters(labels, source_prefix)
+        sql = self._sql(f"SELECT {self._COLS} FROM {{images}} WHERE id > {{p}}{where} ORDER BY id LIMIT {{p}}")
+        return [self._record(r) for r in self._rows(sql, [after, *params, limit])]
+
+    def ids_with_labels(self, labels: Sequence[str]) -> np.ndarray:
+        """The ids (int64, ascending) of the images whose label is one of ``labels``."""
+        where, params = self._filters(labels, None)
+        return np.array([r[0] for r in self._rows(self._sql(f"SELECT id FROM {{images}} WHERE 1 = 1{where} ORDER BY id"), params)],
+                        dtype=np.int64)  # fmt: skip
 
     def iter_vectors(self, batch: int = 2048) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids (n,), vectors (n, d)) of every image in id order, a batch at a time."""

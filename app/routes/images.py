@@ -3,14 +3,14 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from app.schemas import AddedImage, AddImagesResponse, DeleteResponse, ErrorResponse, ImageId, ImageMeta
+from app.schemas import AddedImage, AddImagesResponse, DeleteResponse, ErrorResponse, ImageId, ImageList, ImageMeta, LabelUpdate
 from app.state import Ctx, IndexDep, ModelDep
 from app.uploads import multipart_body
-from index.store import NewImage, StoreError, StoreUnavailable
+from index.store import MAX_ID, NewImage, StoreError, StoreUnavailable
 
 router = APIRouter(tags=["images"])
 
@@ -22,10 +22,10 @@ def require_api_key(
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
     x_api_key: Annotated[str | None, Header(description="the API key")] = None,
 ) -> None:
-    """Adding and deleting need the key; with no key configured they are off, never open."""
+    """Adding, changing and deleting need the key; with no key configured they are off, never open."""
     configured = state.settings.api_key
     if configured is None or not configured.get_secret_value():
-        raise HTTPException(403, "adding and deleting images is disabled: the server has no ALEXNET_API_KEY")
+        raise HTTPException(403, "adding, changing and deleting images is disabled: the server has no ALEXNET_API_KEY")
     given = x_api_key
     if authorization and authorization.lower().startswith("bearer "):
         given = authorization[7:].strip()
@@ -123,6 +123,39 @@ async def get_image(image_id: ImageId, index: IndexDep) -> Response:
 async def image_meta(image_id: ImageId, index: IndexDep) -> ImageMeta:
     """What is stored about an image: source, label, size, hash."""
     rec = await run_in_threadpool(index.get, image_id)
+    if rec is None:
+        raise HTTPException(404, f"no image with id {image_id}")
+    return ImageMeta.of(rec)
+
+
+@router.get("/images", response_model=ImageList, responses=ERRORS)
+async def list_images(
+    index: IndexDep,
+    after: int = Query(0, ge=0, le=MAX_ID, description="the last id of the previous page (keyset pagination); 0 for the first"),
+    limit: int = Query(50, ge=1, le=1000, description="images per page"),
+    label: list[str] | None = Query(None, max_length=200, description="only images with this label (repeat for several)"),
+    source: str | None = Query(None, max_length=1000, description="only images whose source starts with this (exact, case-sensitive)"),
+) -> ImageList:
+    """The gallery in id order, a page at a time. Pages stay consistent while images are added or deleted: a page
+    starts after the last id of the one before, never at an offset."""
+    if label is not None and len(label) > 50:
+        raise HTTPException(422, "at most 50 labels per request")
+    recs = await run_in_threadpool(index.records, after=after, limit=limit + 1, labels=label, source_prefix=source)
+    more = len(recs) > limit
+    page = recs[:limit]
+    return ImageList(images=[ImageMeta.of(r) for r in page], next_after=page[-1].id if more else None)
+
+
+@router.patch("/images/{image_id}", response_model=ImageMeta, responses=ERRORS)
+async def update_image(image_id: ImageId, update: LabelUpdate, index: IndexDep, _: Authorized) -> ImageMeta:
+    """Change an image's label (null removes it). Searches filtered by label see the change at once."""
+    try:
+        rec = await run_in_threadpool(index.set_label, image_id, update.label)
+    except StoreUnavailable as e:
+        detail = f"the gallery's store cannot be reached, nothing changed; try again: {e}"
+        raise HTTPException(503, detail, headers={"Retry-After": "2"}) from e
+    except StoreError as e:
+        raise HTTPException(507, f"could not change image {image_id} (nothing changed): {e}") from e
     if rec is None:
         raise HTTPException(404, f"no image with id {image_id}")
     return ImageMeta.of(rec)

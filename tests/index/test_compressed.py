@@ -155,3 +155,16 @@ def test_a_failing_rebuild_is_not_retried_after_every_add(tmp_path: Path, data: 
         assert idx.wait_rebuild(30)
         assert calls == [1000] and idx.stats()["factory"] == "flat"  # tried once; exact search goes on
         assert idx.search(data[1050], k=1)[0][0].id == 1051 and idx.check() == []
+
+
+def test_label_filter_inside_an_ivf_search_returns_k(tmp_path: Path, data: np.ndarray) -> None:
+    """Only 12 of 3000 vectors carry the label, in lists the query's nprobe=1 does not reach: all 12 come back."""
+    with ImageIndex(tmp_path, weights_hash="a" * 64, dim=D, factory="PCA16,IVF16,Flat", nprobe=1) as idx:
+        fill(idx, data)
+        far = np.argsort(data @ data[0])[:12]  # the 12 vectors least like the query
+        for i in far:
+            idx.set_label(int(i) + 1, "far")
+        hits = idx.search(data[0], k=12, labels=["far"])[0]
+        assert sorted(h.id for h in hits) == sorted(int(i) + 1 for i in far) and {h.record.label for h in hits} == {"far"}  # type: ignore[union-attr]
+        plain = idx.search(data[0], k=12, exclude_labels=["far"])[0]
+        assert len(plain) == 12 and not {h.id for h in plain} & {int(i) + 1 for i in far}

@@ -107,3 +107,19 @@ def test_a_bad_store_url_is_refused_by_name() -> None:
     with pytest.raises(StoreError) as e:
         open_store("unused", "postgresql://u:secret@127.0.0.1:1/db")
     assert "secret" not in str(e.value) and "***" in str(e.value)
+
+
+def test_pages_filters_and_label_changes(store: Store) -> None:
+    store.add_many([item(i, label="a" if i % 2 else "b") for i in range(1, 8)])  # sources test:1 .. test:7
+    assert [r.id for r in store.list_records(limit=3)] == [1, 2, 3]
+    assert [r.id for r in store.list_records(after=3, limit=3)] == [4, 5, 6]
+    assert [r.id for r in store.list_records(labels=["a"])] == [1, 3, 5, 7]
+    assert [r.id for r in store.list_records(labels=["a", "b"], after=5)] == [6, 7]
+    assert [r.id for r in store.list_records(source_prefix="test:6")] == [6]
+    assert store.list_records(source_prefix="test:%") == [] and store.list_records(source_prefix="TEST:") == []  # no wildcards, exact
+    assert store.ids_with_labels(["b"]).tolist() == [2, 4, 6]
+    rec = store.set_label(2, "a")
+    assert rec is not None and rec.label == "a" and store.get(2).label == "a"  # type: ignore[union-attr]
+    assert store.ids_with_labels(["b"]).tolist() == [4, 6] and store.set_label(99, "x") is None
+    assert store.set_label(2, None).label is None  # type: ignore[union-attr]
+    assert store.last_seq() == 7  # a label is not a change of the vectors: nothing logged
