@@ -164,6 +164,27 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from index.backup import backup
+
+    if args.store_url:
+        raise ImageIndexError("the gallery lives in PostgreSQL: back it up with pg_dump (README, \"Backups\")")
+    r = backup(args.index, args.dest)
+    left = f"; {r.left_out} deleted while it ran left out" if r.left_out else ""
+    print(f"backed up {r.images} images (up to change {r.last_change}) to {args.dest} in {r.seconds:.1f} s{left}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from index.backup import restore
+
+    if args.store_url:
+        raise ImageIndexError("the gallery lives in PostgreSQL: restore it with pg_restore (README, \"Backups\")")
+    n = restore(args.src, args.index)
+    print(f"restored {n} images into {args.index}; the FAISS index is rebuilt when it is first opened")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet index")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -190,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int)
     p.add_argument("--data-dir", help="Fashion-MNIST's directory, when not the Debian package's")
+    p.add_argument("--download", action="store_true", help="download Fashion-MNIST if it is missing (or ALEXNET_DOWNLOAD=1)")
     p.add_argument("--labels-from-folders", action="store_true", help="label each image by its parent folder's name")
     p.add_argument("--limit", type=int)
     p.set_defaults(func=_build)
@@ -212,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_search)
+    p = sub.add_parser("backup", help="a consistent copy of the gallery, while the server keeps adding")
+    p.add_argument("dest", type=Path, help="a new directory for the backup")
+    common(p, weights=False)
+    p.set_defaults(func=_backup)
+    p = sub.add_parser("restore", help="put a backup in place as a new index directory")
+    p.add_argument("src", type=Path, help="a directory written by `alexnet index backup`")
+    common(p, weights=False)
+    p.set_defaults(func=_restore)
     p = sub.add_parser("eval", help="precision@k by label over the stored images")
     common(p, weights=False)
     p.add_argument("-k", type=int, default=10)
@@ -221,4 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv[1:])
+    if getattr(args, "download", False):
+        os.environ["ALEXNET_DOWNLOAD"] = "1"
     return int(args.func(args))
