@@ -43,6 +43,11 @@ ensure_fashion_mnist() {
     [ -e "$FMNIST_DIR/$f.gz" ] || [ -e "$FMNIST_DIR/$f" ] || missing=1
   done
   [ $missing = 0 ] && return 0
+  if [ "${ALEXNET_DOWNLOAD:-0}" = 1 ]; then
+    # opted in: the alexnet commands download it into the data directory (torchvision's reader, checksums verified)
+    FMNIST_DIR="$DATA_DIR/fashion-mnist"
+    return 0
+  fi
   if [ "$FMNIST_DIR" = /usr/share/datasets/fashion-mnist ]; then
     bash docker/system-deps.sh data
   fi
@@ -51,7 +56,8 @@ ensure_fashion_mnist() {
       echo "Fashion-MNIST is missing from $FMNIST_DIR." >&2
       echo "Install it with:  sudo apt-get install dataset-fashion-mnist   (Debian/Ubuntu)" >&2
       echo "or put the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz," >&2
-      echo "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory and set FASHION_MNIST_DIR to it." >&2
+      echo "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory and set FASHION_MNIST_DIR to it," >&2
+      echo "or let it be downloaded (checksums verified): ALEXNET_DOWNLOAD=1 make run" >&2
       exit 1
     fi
   done

@@ -14,6 +14,7 @@ them: ``index`` reads Fashion-MNIST without importing ``training``.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "DataError",
     "ImageSet",
+    "download_fashion_mnist",
     "fashion_mnist",
     "generated_shapes",
     "image_files",
@@ -53,6 +55,11 @@ _FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+
+DOWNLOAD_ENV = "ALEXNET_DOWNLOAD"  # 1: download Fashion-MNIST when it is missing (off by default: nothing downloads unasked)
+DOWNLOAD_DIR = Path("data/fashion-mnist")  # where a download goes when no --data-dir is given
+MIRROR_ENV = "ALEXNET_FASHION_MNIST_MIRROR"  # where from (default: torchvision's mirror)
 
 
 class DataError(ValueError):
@@ -121,27 +128,59 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _find_idx(root: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
-        if (root / name).is_file():
-            return root / name
+    for folder in (root, root / "FashionMNIST" / "raw"):  # (the second: where torchvision's reader downloads to)
+        for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
+            if (folder / name).is_file():
+                return folder / name
     return None
 
 
-def fashion_mnist(root: str | Path | None = None, split: str = "train") -> ImageSet:
-    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) split from its IDX files (.gz or plain)."""
-    root = Path(root) if root is not None else FASHION_MNIST_DIR
+def download_requested() -> bool:
+    return os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def download_fashion_mnist(root: Path) -> None:
+    """The four files into ``root/FashionMNIST/raw`` with torchvision's downloader, each checked against
+    torchvision's MD5 checksum (a file that does not match is refused)."""
+    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    mirror = os.environ.get(MIRROR_ENV) or FashionMNIST.mirrors[0]
+    raw = root / "FashionMNIST" / "raw"
+    for filename, md5 in FashionMNIST.resources:
+        if (raw / filename).is_file():
+            continue
+        try:
+            download_and_extract_archive(mirror.rstrip("/") + "/" + filename, download_root=raw, filename=filename, md5=md5)
+        except (OSError, RuntimeError, ValueError) as e:  # unreachable, HTTP errors, a checksum that does not match
+            (raw / filename).unlink(missing_ok=True)
+            raise DataError(f"downloading Fashion-MNIST's {filename} from {mirror} failed: {e}") from e
+
+
+def fashion_mnist(root: str | Path | None = None, split: str = "train", *, download: bool | None = None) -> ImageSet:
+    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) split from its IDX files (.gz or plain).
+    ``download`` (default: ``ALEXNET_DOWNLOAD``): fetch them into ``root`` (default ``data/fashion-mnist``) when
+    they are missing."""
     if split not in _FMNIST_FILES:
         raise DataError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
     stems = _FMNIST_FILES[split]
+    downloading = download_requested() if download is None else download
+    if root is None:  # the Debian package's, else (downloading) the project's data directory
+        have = all(_find_idx(FASHION_MNIST_DIR, s) for s in stems)
+        root = FASHION_MNIST_DIR if have or not downloading else DOWNLOAD_DIR
+    root = Path(root)
     paths = [_find_idx(root, s) for s in stems]
+    if any(p is None for p in paths) and downloading:
+        download_fashion_mnist(root)
+        paths = [_find_idx(root, s) for s in stems]
     if any(p is None for p in paths):
         missing = [s + ".gz" for s, p in zip(stems, paths, strict=True) if p is None]
         raise DataError(
-            f"Fashion-MNIST not found in {root}: missing {', '.join(missing)}. "
-            "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (installs it in "
-            f"{FASHION_MNIST_DIR}); or put the four IDX files (train-images-idx3-ubyte.gz, "
-            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a "
-            "directory and pass it with --data-dir."
+            f"Fashion-MNIST not found in {root}: missing {', '.join(missing)}. Either install it: on Debian/Ubuntu "
+            f"`sudo apt-get install dataset-fashion-mnist` (puts it in {FASHION_MNIST_DIR}), or put the four IDX files "
+            "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) "
+            "in a directory and pass it with --data-dir; or let it be downloaded (checksums verified) with --download "
+            f"or {DOWNLOAD_ENV}=1 and a writable --data-dir."
         )
     images, labels = read_idx(paths[0]), read_idx(paths[1])  # type: ignore[arg-type]
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from model.datasets import DataError
+from model.datasets import DOWNLOAD_ENV, DataError
 from model.weights import WeightsError
 
 __all__ = ["ERRORS", "main"]
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="fashion-mnist", choices=sorted(RECIPES), help="named recipe (default: fashion-mnist)")
     recipe_option("--data", "data", "fashion-mnist, generated[:N], or an image folder (DIR/train and DIR/val, or DIR/<class>/...)")
     p.add_argument("--data-dir", help="directory holding Fashion-MNIST's four IDX files (default: the Debian package's)")
+    p.add_argument("--download", action="store_true", help="download Fashion-MNIST if missing (checksums verified; or ALEXNET_DOWNLOAD=1)")
     recipe_option("--out", "out", "output directory (checkpoint, metrics, curves.png, model.safetensors)")
     recipe_option("--epochs", "epochs", "epochs", type=int)
     recipe_option("--minutes", "minutes", "training time budget; the schedule is compressed to fit", type=float)
@@ -135,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", type=Path)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir")
+    p.add_argument("--download", action="store_true", help="download Fashion-MNIST if it is missing (or ALEXNET_DOWNLOAD=1)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--ten-crop", action="store_true")
     p.add_argument("--confusion", type=Path, help="write a confusion-matrix PNG here")
@@ -147,4 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "download", False):  # (an environment variable reaches data-loading worker processes too)
+        os.environ[DOWNLOAD_ENV] = "1"
     return int(args.func(args))

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from model.datasets import FASHION_MNIST_DIR, DataError, ImageSet, fashion_mnist, generated_shapes, image_files, read_image
+from model.datasets import DataError, ImageSet, fashion_mnist, generated_shapes, image_files, read_image
 from model.decode import DecodeError
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def open_source(
 ) -> Source:
     """``fashion-mnist``, ``generated[:N]``, or a folder path (``DIR``, with ``DIR/train`` and ``DIR/val`` if present)."""
     if spec == "fashion-mnist":
-        return TensorSource.of(fashion_mnist(data_dir or FASHION_MNIST_DIR, "test" if split in ("val", "test") else "train")).at_size(size)
+        return TensorSource.of(fashion_mnist(data_dir, "test" if split in ("val", "test") else "train")).at_size(size)
     if spec.startswith("generated"):
         n = int(spec.split(":", 1)[1]) if ":" in spec else 256
         shapes = generated_shapes(n=n if split == "train" else max(32, n // 4), seed=0 if split == "train" else 1)
