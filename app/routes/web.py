@@ -3,7 +3,11 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.state import ModelDep
+from model.figures import kernels_png
 
 router = APIRouter(tags=["web"])
 
@@ -18,3 +22,17 @@ async def page() -> HTMLResponse:
     """The web page: upload a picture, see its top-5 and the similar stored images."""
     html = resources.files("app").joinpath("static/index.html").read_text(encoding="utf-8")
     return HTMLResponse(html, headers={"Content-Security-Policy": CSP})
+
+
+_figures: dict[str, bytes] = {}  # weights hash -> Figure 3 of those weights (drawn once)
+
+
+@router.get("/model/kernels.png", response_class=Response, responses={200: {"content": {"image/png": {}}}}, tags=["model"])
+async def kernels(model: ModelDep) -> Response:
+    """The served weights' 96 first-layer kernels as in the paper's Figure 3: each tower's 48 side by side."""
+    key = model.predictor.weights_hash
+    if key not in _figures:
+        towers = [tower.conv1.conv.weight for tower in model.predictor.model.tower_pair]  # type: ignore[union-attr]
+        _figures[key] = await run_in_threadpool(kernels_png, towers)
+    headers = {"Cache-Control": "public, max-age=86400", "ETag": f'"{key[:16]}"'}
+    return Response(_figures[key], media_type="image/png", headers=headers)

@@ -55,16 +55,34 @@ def test_upload_shows_top5_and_similar_images(tmp_path: Path) -> None:
             )
             try:
                 page = browser.new_page(viewport={"width": 1100, "height": 900})
+                uploads: list[str] = []
+                page.on("request", lambda req: uploads.append(req.url) if req.method == "POST" else None)
                 page.goto(base + "/")
-                page.set_input_files("#file", str(picture))
+                # Figure 3: the served weights' first-layer kernels load and decode
+                page.wait_for_function("() => { const i = document.getElementById('kernels'); return i.complete && i.naturalWidth > 0; }")
+                # a keyboard user: Tab reaches the file input, Enter opens the file chooser
+                page.keyboard.press("Tab")
+                assert page.evaluate("document.activeElement.id") == "file"
+                page.evaluate(  # record whether the busy indicator shows while the model works
+                    "window.busySeen = false; const busy = document.getElementById('busy');"
+                    "new MutationObserver(() => { if (!busy.hidden) window.busySeen = true; }).observe(busy, { attributes: true })"
+                )
+                with page.expect_file_chooser() as chooser:
+                    page.keyboard.press("Space")
+                chooser.value.set_files(str(picture))
                 page.wait_for_selector("#top5 .bar:nth-child(5)", timeout=30_000)
-                page.wait_for_selector("#grid .hit", timeout=30_000)
+                page.wait_for_selector("#grid .hit:not(.query)", timeout=30_000)
                 labels = page.locator("#top5 .bar").evaluate_all("rows => rows.map(r => r.dataset.label)")
                 assert len(labels) == 5 and all(label.startswith("class-") for label in labels)
-                assert page.locator("#grid .hit").count() == 6
+                # Figure 4: the query first, then its neighbours
+                assert page.locator("#grid .hit").first.get_attribute("class") == "hit query"
+                assert page.locator("#grid .hit:not(.query)").count() == 6
+                assert page.evaluate("window.busySeen") and page.locator("#busy").is_hidden()
+                assert [u.split("?")[0].removeprefix(base) for u in uploads] == ["/similar"]  # one upload per picture
                 # the stored image loads and decodes (waited for: it is fetched after the grid is drawn)
                 page.wait_for_function(
-                    "() => { const i = document.querySelector('#grid .hit img'); return i && i.complete && i.naturalWidth > 0; }",
+                    "() => { const i = document.querySelector('#grid .hit:not(.query) img');"
+                    " return i && i.complete && i.naturalWidth > 0; }",
                     timeout=30_000,
                 )
                 ARTIFACTS.mkdir(exist_ok=True)
