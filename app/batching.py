@@ -37,7 +37,12 @@ from torch import Tensor
 
 T = TypeVar("T")
 
-__all__ = ["BatchStats", "Batcher"]
+__all__ = ["BatchStats", "Batcher", "Overloaded"]
+
+
+class Overloaded(Exception):
+    """The queue holds ``max_queue`` images already: the request is refused at once (503 with Retry-After)
+    rather than queued behind work that would make its wait, and everyone's after it, grow without limit."""
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Batcher:
         max_wait_busy_s: float = 0.03,
         exclusive: bool = False,
         on_batch: Callable[[int, float], None] | None = None,  # (images, seconds) of each forward pass
+        max_queue: int = 0,  # images waiting for a forward pass before new requests are refused (0: no bound)
     ) -> None:
         self.forward = forward
         self.max_batch = max_batch
@@ -87,13 +93,16 @@ class Batcher:
         self._idle.set()
         self.on_batch = on_batch
         self.stats = BatchStats()
+        self.max_queue = max_queue
+        self._queued = 0  # images submitted and not yet taken into a batch
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._task: asyncio.Task[None] | None = None
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Images waiting for a forward pass."""
+        return self._queued
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
@@ -147,12 +156,16 @@ class Batcher:
             a.close()  # arrived
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
+        if self.max_queue and self._queued and self._queued + len(images) > self.max_queue:
+            raise Overloaded(f"{self._queued} images are waiting for the network already (the bound is {self.max_queue})")
         future: asyncio.Future[tuple[Tensor, Tensor]] = asyncio.get_running_loop().create_future()
+        self._queued += len(images)
         await self._queue.put(_Job(images, future))
         return await future
 
     async def _collect(self) -> list[_Job]:
         jobs = [await self._queue.get()]
+        self._queued -= len(jobs[0].images)
         count = len(jobs[0].images)
         start = time.monotonic()
         while count < self.max_batch:
@@ -169,6 +182,7 @@ class Batcher:
                     job = await asyncio.wait_for(self._queue.get(), max(timeout, 0.0001))
                 except TimeoutError:
                     continue
+            self._queued -= len(job.images)
             jobs.append(job)
             count += len(job.images)
         return jobs

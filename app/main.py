@@ -13,15 +13,15 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from app.batching import Batcher
+from app.batching import Batcher, Overloaded
 from app.limits import BodySizeLimit
 from app.metrics import Metrics
 from app.observe import RequestTelemetry, configure_logging
 from app.routes import classify, health, images, similar, web
 from app.settings import Settings, get_settings
-from app.state import ServiceState
+from app.state import ClientGone, ServiceState
 from index.index import ImageIndex, ImageIndexError
 from index.store import StoreError, StoreUnavailable
 from model.predictor import Predictor
@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_wait_busy_s=settings.batch_wait_busy_ms / 1000,
                 exclusive=settings.exclusive_forward and settings.device == "cpu",
                 on_batch=metrics.observe_batch,
+                max_queue=settings.max_queue_images,
             )
             state.batcher.start()
         app.state.service = state
@@ -158,6 +159,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StoreUnavailable)
     async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"the gallery's store cannot be reached: {exc}"}, status_code=503, headers={"Retry-After": "2"})
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        metrics.overloaded.inc()
+        detail = f"the service is at capacity, try again shortly: {exc}"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        metrics.client_gone.inc()
+        return Response(status_code=499)  # (nginx's code for it; nobody reads it)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -29,7 +29,13 @@ class Metrics:
         self.forward_seconds = Histogram(
             "alexnet_forward_seconds", "time of one batched forward pass", buckets=LATENCY_BUCKETS, registry=self.registry
         )
-        self.queue_depth = Gauge("alexnet_batch_queue_depth", "requests waiting for the batcher", registry=self.registry)
+        self.queue_depth = Gauge("alexnet_batch_queue_depth", "images waiting for a forward pass", registry=self.registry)
+        self.overloaded = Counter(
+            "alexnet_overload_rejections", "requests refused at once (503) because the batcher's queue was full", registry=self.registry
+        )
+        self.client_gone = Counter(
+            "alexnet_abandoned_requests", "requests not computed because their client had gone away", registry=self.registry
+        )
         self.index_size = Gauge("alexnet_index_images", "images in the similarity index", registry=self.registry)
         self.rejected = Counter("alexnet_rejected_uploads", "uploads refused", ["reason"], registry=self.registry)
         self.applied_change = Gauge(

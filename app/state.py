@@ -26,7 +26,7 @@ from model.predictor import Predictor
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["Ctx", "IndexDep", "Inferred", "ModelDep", "ServedModel", "ServiceState", "get_index", "get_model", "get_state"]
+__all__ = ["ClientGone", "Ctx", "IndexDep", "Inferred", "ModelDep", "ServedModel", "ServiceState", "get_index", "get_model", "get_state"]
 
 
 @dataclass
@@ -45,6 +45,10 @@ class ServiceState:
 
     def model_info(self) -> ModelInfo | None:
         return None if self.predictor is None else ModelInfo.of(self.predictor)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its images reached the network."""
 
 
 @dataclass
@@ -98,6 +102,8 @@ class ServedModel:
             )
             if check_fields is not None:
                 check_fields(fields)
+            if await request.is_disconnected():  # nobody would read the answer: leave the network to those who will
+                raise ClientGone
             probs, fc7 = await self.infer([u.decoded.image for u in uploads], ten_crop=ten_crop)
         return Inferred(uploads, fields, probs, fc7)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.batching import Batcher
+from app.batching import Batcher, Overloaded
 from app.main import create_app
 from tests.app.conftest import image_bytes, make_settings, upload
 
@@ -108,3 +108,84 @@ def test_exclusive_work_waits_for_the_running_forward() -> None:
 
     asyncio.run(scenario())
     assert events == ["forward start", "forward end", "decode"]
+
+
+def test_a_full_queue_refuses_at_once_and_the_queue_drains() -> None:
+    def slow_forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        time.sleep(0.3)
+        return _echo(batch)
+
+    async def scenario() -> tuple[list[str], int]:
+        b = Batcher(slow_forward, max_batch=2, max_wait_s=0.0, max_queue=4)
+        b.start()
+        first = asyncio.ensure_future(b.submit(torch.zeros(1, 3, 2, 2)))
+        while b.stats.batches == 0 and b.queue_depth:  # the first one is in the forward pass
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(b.submit(torch.zeros(2, 3, 2, 2))) for _ in range(2)]  # 4 images wait
+        await asyncio.sleep(0)
+        depth = b.queue_depth
+        outcomes = []
+        started = time.perf_counter()
+        try:
+            await b.submit(torch.zeros(1, 3, 2, 2))
+            outcomes.append("accepted")
+        except Overloaded:
+            outcomes.append(f"refused in {time.perf_counter() - started:.3f} s")
+        for job in [first, *queued]:
+            await job  # the ones already queued are all answered
+        await b.submit(torch.zeros(1, 3, 2, 2))  # and once it has drained, new work is taken again
+        await b.stop()
+        return outcomes, depth
+
+    outcomes, depth = asyncio.run(scenario())
+    assert depth == 4 and len(outcomes) == 1 and outcomes[0].startswith("refused in 0.0")
+
+
+def test_overload_is_503_with_retry_after_and_counted(tmp_path: Path, small_weights: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, small_weights, max_batch=1, max_queue_images=1, batch_wait_ms=0.0))) as client:
+        service = client.app.state.service
+        real = service.batcher.forward
+
+        def slow(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            time.sleep(0.5)
+            return real(batch)
+
+        service.batcher.forward = slow
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda i: client.post("/classify", files=upload(f"{i}.png", image_bytes(i))), range(6)))
+        codes = sorted(r.status_code for r in answers)
+        assert set(codes) == {200, 503} and codes.count(200) >= 2, codes
+        refused = next(r for r in answers if r.status_code == 503)
+        assert refused.headers["retry-after"] == "1" and "capacity" in refused.json()["detail"]
+        metrics = client.get("/metrics").text
+        assert f"alexnet_overload_rejections_total {float(codes.count(503))}" in metrics
+
+
+@pytest.mark.slow
+def test_a_request_whose_client_has_gone_is_not_computed(tmp_path: Path, small_weights: Path) -> None:
+    import socket
+
+    import httpx
+
+    from tests.server import running_server
+
+    env = {"ALEXNET_WEIGHTS": str(small_weights), "ALEXNET_INDEX_DIR": str(tmp_path / "idx")}
+    body = httpx.Request("POST", "http://x/classify", files=upload("a.png", image_bytes(1, size=(400, 400)))).read()
+    with running_server(env) as base:
+        port = int(base.rsplit(":", 1)[1])
+        head = f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        ctype = httpx.Request("POST", "http://x/", files=upload()).headers["content-type"].split("boundary=")[0]
+        boundary = body.split(b"\r\n", 1)[0][2:].decode()
+        for _ in range(5):  # send a whole upload, then hang up before the answer
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall((head + f"Content-Type: {ctype}boundary={boundary}\r\n\r\n").encode() + body)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{base}/metrics").text
+            gone = next((float(line.split()[-1]) for line in text.splitlines() if line.startswith("alexnet_abandoned_requests_total")), 0.0)
+            if gone >= 1:
+                break
+            time.sleep(0.2)
+        assert gone >= 1, "no abandoned request was recognised"
+        assert httpx.post(f"{base}/classify", files=upload()).status_code == 200  # and the service goes on
