@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.schemas import ErrorResponse, ImageId, SimilarHit, SimilarQuery, SimilarResponse
@@ -19,40 +21,39 @@ EXCLUDE_LABEL = Query(None, max_length=200, description="no images with this lab
 MAX_LABELS = 50
 
 
+class SearchQuery:
+    """The query parameters both /similar routes take."""
+
+    def __init__(
+        self,
+        k: int = K,
+        min_score: float | None = MIN_SCORE,
+        label: list[str] | None = LABEL,
+        exclude_label: list[str] | None = EXCLUDE_LABEL,
+    ) -> None:
+        if len(label or ()) + len(exclude_label or ()) > MAX_LABELS:
+            raise HTTPException(422, f"at most {MAX_LABELS} label filters per request")
+        self.k, self.min_score, self.labels, self.exclude_labels = k, min_score, label, exclude_label
+
+    async def run(self, index: ImageIndex, vectors: np.ndarray, exclude: set[int] | None = None) -> list[list[Hit]]:
+        return await run_in_threadpool(
+            index.search, vectors, self.k, min_score=self.min_score, exclude=exclude, labels=self.labels, exclude_labels=self.exclude_labels
+        )
+
+
+Search = Annotated[SearchQuery, Depends()]
+
+
 def _hits(hits: list[Hit]) -> list[SimilarHit]:
     return [SimilarHit.of(h.id, h.score, h.record) for h in hits]
 
 
-async def _search(
-    index: ImageIndex,
-    vectors: np.ndarray,
-    k: int,
-    min_score: float | None,
-    labels: list[str] | None,
-    exclude_labels: list[str] | None,
-    exclude: set[int] | None = None,
-) -> list[list[Hit]]:
-    if len(labels or ()) + len(exclude_labels or ()) > MAX_LABELS:
-        raise HTTPException(422, f"at most {MAX_LABELS} label filters per request")
-    return await run_in_threadpool(
-        index.search, vectors, k, min_score=min_score, exclude=exclude, labels=labels, exclude_labels=exclude_labels
-    )
-
-
 @router.post("/similar", response_model=SimilarResponse, responses=ERRORS, openapi_extra=multipart_body(multiple=True))
-async def similar(
-    request: Request,
-    model: ModelDep,
-    index: IndexDep,
-    k: int = K,
-    min_score: float | None = MIN_SCORE,
-    label: list[str] | None = LABEL,
-    exclude_label: list[str] | None = EXCLUDE_LABEL,
-) -> SimilarResponse:
+async def similar(request: Request, model: ModelDep, index: IndexDep, search: Search) -> SimilarResponse:
     """For each uploaded image (``file``, or several in ``files``), the k stored images whose fc7 vectors are most
     cosine-similar to its own, and its top-5 labels. Nothing is stored."""
     done = await model.read_and_infer(request, multiple=True)
-    hits = await _search(index, done.fc7.numpy(), k, min_score, label, exclude_label)
+    hits = await search.run(index, done.fc7.numpy())
     top = model.top_k(done.probs, min(5, model.info.num_classes))
     queries = [
         SimilarQuery(filename=u.filename, count=len(h), results=_hits(h), predictions=p)
@@ -62,19 +63,11 @@ async def similar(
 
 
 @router.get("/similar/{image_id}", response_model=SimilarResponse, responses=ERRORS)
-async def similar_to_stored(
-    image_id: ImageId,
-    model: ModelDep,
-    index: IndexDep,
-    k: int = K,
-    min_score: float | None = MIN_SCORE,
-    label: list[str] | None = LABEL,
-    exclude_label: list[str] | None = EXCLUDE_LABEL,
-) -> SimilarResponse:
+async def similar_to_stored(image_id: ImageId, model: ModelDep, index: IndexDep, search: Search) -> SimilarResponse:
     """The k stored images most similar to stored image ``image_id`` (itself left out)."""
     vector = await run_in_threadpool(index.vector, image_id)
     if vector is None:
         raise HTTPException(404, f"no image with id {image_id}")
-    hits = await _search(index, vector[np.newaxis], k, min_score, label, exclude_label, exclude={image_id})
+    hits = await search.run(index, vector[np.newaxis], exclude={image_id})
     query = SimilarQuery(filename=None, count=len(hits[0]), results=_hits(hits[0]))
     return SimilarResponse(model=model.info, count=query.count, results=query.results, queries=[query])
