@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from index.errors import ImageIndexError
 from index.store import StoreError
@@ -144,23 +147,63 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    import numpy as np
+def _pixels(encoded: bytes, side: int = 32) -> np.ndarray:
+    """The raw-pixel baseline's vector of an image: RGB at side x side, flattened."""
+    from PIL import Image
 
-    from index.quality import precision_at_k
+    with Image.open(io.BytesIO(encoded)) as im:
+        return np.asarray(im.convert("RGB").resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
+
+
+def _gallery_for_eval(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(fc7 vectors, raw-pixel vectors, labels, what was measured) of the stored gallery or of a labelled folder."""
+    if args.folder:
+        import torch
+
+        from index.extract import images_from_source
+        from model.predictor import Predictor
+
+        if args.weights is None:
+            raise ValueError("--folder needs --weights: the model whose fc7 vectors are measured")
+        predictor = Predictor(args.weights)
+        ds = images_from_source(str(args.folder), predictor, labels_from_folders=True)
+        items = [it for i in range(len(ds)) if not isinstance(it := ds[i], tuple) and it.image.label]  # type: ignore[arg-type]
+        vecs = [predictor.forward(torch.stack([it.tensor for it in items[a : a + 64]]))[1].numpy() for a in range(0, len(items), 64)]
+        labels = np.array([it.image.label for it in items])
+        pixels = np.stack([_pixels(it.image.encoded) for it in items]) if items else np.zeros((0, 1))
+        return (np.concatenate(vecs) if vecs else np.zeros((0, 1))), pixels, labels, f"folder {args.folder}"
     from index.store import open_store
 
     store = open_store(args.index, args.store_url, readonly=True)
-    ids, vecs = zip(*store.iter_vectors(), strict=True) if store.count() else ((), ())
-    records = store.get_many([int(i) for chunk in ids for i in chunk])
-    store.close()
-    if not records:
-        print("the index is empty", file=sys.stderr)
+    try:
+        id_chunks, vec_chunks = zip(*store.iter_vectors(), strict=True) if store.count() else ((), ())
+        all_ids = [int(i) for chunk in id_chunks for i in chunk]
+        records = store.get_many(all_ids)
+        keep = [i for i in all_ids if records[i].label]
+        pixels = np.stack([_pixels(store.image_data(i)[0]) for i in keep]) if keep else np.zeros((0, 1))  # type: ignore[index]
+        labelled = np.isin(np.array(all_ids), keep)
+        vectors = np.concatenate(vec_chunks)[labelled] if keep else np.zeros((0, 1))
+    finally:
+        store.close()
+    return vectors, pixels, np.array([records[i].label for i in keep]), f"index {args.index}"
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from index.quality import label_metrics
+
+    vectors, pixels, labels, what = _gallery_for_eval(args)
+    if len(labels) < 2:
+        print(f"{what}: fewer than two labelled images to measure", file=sys.stderr)
         return 1
-    all_ids = np.concatenate(ids)
-    labels = np.array([records[int(i)].label or "" for i in all_ids])
-    p = precision_at_k(np.concatenate(vecs), labels, k=args.k)
-    print(f"precision@{args.k} by label over {len(all_ids)} images: {100 * p:.2f}%")
+    ks = tuple(sorted({1, 10, 100, args.k}))
+    fc7, raw = label_metrics(vectors, labels, ks), label_metrics(pixels, labels, ks)
+    if args.json:
+        print(json.dumps({"images": len(labels), "labels": len(set(labels.tolist())), "fc7": fc7, "raw_pixels": raw}, indent=2))
+        return 0
+    print(f"{what}: {len(labels)} labelled images, {len(set(labels.tolist()))} labels; each image against all others, itself excluded")
+    print(f"{'metric':<8} {'fc7':>8} {'raw pixels':>11}")
+    for name in fc7:
+        print(f"{'mAP' if name == 'map' else name:<8} {100 * fc7[name]:7.2f}% {100 * raw[name]:10.2f}%")
     return 0
 
 
@@ -242,9 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path, help="a directory written by `alexnet index backup`")
     common(p, weights=False)
     p.set_defaults(func=_restore)
-    p = sub.add_parser("eval", help="precision@k by label over the stored images")
-    common(p, weights=False)
-    p.add_argument("-k", type=int, default=10)
+    p = sub.add_parser(
+        "eval", help="precision@1/10/100 and mAP by label of fc7 cosine, beside raw pixels: the stored gallery, or a labelled folder"
+    )
+    p.add_argument("--folder", type=Path, help="measure a folder instead: DIR/<label>/<images>, embedded with --weights")
+    p.add_argument("--weights", type=Path, help="with --folder: the weights file whose fc7 vectors are measured")
+    p.add_argument("--index", type=Path, help="the index directory to measure (its labelled images)")
+    p.add_argument("--store-url", default=os.environ.get("ALEXNET_STORE_URL") or None, help="the gallery's PostgreSQL URL, if there")
+    p.add_argument("-k", type=int, default=10, help="one more precision@k besides 1, 10 and 100")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_eval)
     return parser
 

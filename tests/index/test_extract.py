@@ -62,7 +62,14 @@ def test_build_from_folder_skips_non_images_and_stores_reencoded_copies(tmp_path
     )
     hits = json.loads(r.stdout)
     assert hits[0]["source"].endswith("dogs/1.png") and hits[0]["score"] > 0.999
-    assert "precision@10" in cli("eval", "--index", str(idx_dir)).stdout
+    report = cli("eval", "--index", str(idx_dir))
+    assert report.returncode == 0 and "\np@1 " in report.stdout and "\nmAP " in report.stdout and "raw pixels" in report.stdout
+    metrics = json.loads(cli("eval", "--index", str(idx_dir), "--json").stdout)
+    assert metrics["images"] == 9 and set(metrics["fc7"]) == set(metrics["raw_pixels"]) == {"p@1", "map"}  # (k > 8 others: left out)
+    assert all(0 <= v <= 1 for v in [*metrics["fc7"].values(), *metrics["raw_pixels"].values()])
+    # a labelled folder (the label is the image's folder), embedded with the weights, unreadable files left out
+    folder = json.loads(cli("eval", "--folder", str(tmp_path / "photos"), "--weights", str(small_weights), "--json").stdout)
+    assert folder["images"] == 10 and folder["labels"] == 3
     r = cli("remove", "1", "--index", str(idx_dir))  # no model needed
     assert r.returncode == 0
     assert cli("remove", "1", "--index", str(idx_dir)).returncode == 1
