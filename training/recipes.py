@@ -29,6 +29,7 @@ class TrainConfig:
     plateau_patience: int = 2
     warmup_steps: int = 0
     label_smoothing: float = 0.0
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and exported (0: off)
     pca_std: float = 0.1  # section 4.1: alpha ~ N(0, 0.1)
     flip: bool = True
     bias_init: float = 1.0  # section 5; Caffe used 0.1 because 1 can stall training

@@ -7,6 +7,7 @@ augmentation, dropout masks, optimiser state and learning-rate schedule.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -119,6 +120,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(cfg, self.model)
         self.net: nn.Module = parallel.wrap(self.model, self.dist)
+        self.ema = WeightAverage(self.model, cfg.ema) if cfg.ema else None
         # batch_size is per process; a step takes one global batch. Under DDP a last, smaller global batch is
         # left out, so that every process has a full share at every step.
         self.global_batch = cfg.batch_size * self.dist.world_size
@@ -140,6 +142,7 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
+            **({"ema": self.ema.model.state_dict()} if self.ema else {}),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "epoch": self.epoch,
@@ -187,6 +190,8 @@ class Trainer:
         if tuple(ck["class_names"]) != self.class_names:
             raise ValueError(f"{path}: checkpoint classes {ck['class_names'][:5]}... differ from the data set's")
         self.model.load_state_dict(ck["model"])
+        if self.ema is not None:
+            self.ema.model.load_state_dict(ck.get("ema", ck["model"]))
         self.optimizer.load_state_dict(ck["optimizer"])
         self.schedule.load_state_dict(ck["schedule"])
         self.epoch, self.step, self.batch_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
@@ -250,6 +255,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
             self.step += 1
             self.batch_in_epoch = i + 1
             n = len(y)
@@ -287,7 +294,7 @@ class Trainer:
                 epoch_done = self.batch_in_epoch >= self.steps_per_epoch
                 if self._interrupted:
                     break
-                val = evaluate(self.net, self.val_src, self.preset, self.cfg, self.device)
+                val = evaluate(self.ema.model if self.ema else self.net, self.val_src, self.preset, self.cfg, self.device)
                 self.schedule.epoch_end(val["top1_err"])
                 row = {
                     "epoch": self.epoch + (1 if epoch_done else self.batch_in_epoch / self.steps_per_epoch),
@@ -319,6 +326,24 @@ class Trainer:
             self.save()
             log.warning("interrupted: checkpoint saved to %s; continue with --resume", self.out / CHECKPOINT)
         return self.history
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (what is evaluated and exported when the recipe asks
+    for it): after each step, average <- average + (1 - d) * (weights - average), with d ramped up from 0 over
+    the first steps ((1 + step) / (10 + step)) so that the random initialisation is forgotten quickly."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        avg = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        cur = [t for t in model.state_dict().values() if t.is_floating_point()]
+        torch._foreach_lerp_(avg, cur, 1 - d)
 
 
 class _sigint_checkpoint:

@@ -120,3 +120,16 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
     assert "interrupted: checkpoint saved" in err
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert 0 < state["step"] < 200 * 8  # mid-run (the tiny recipe: 8 steps per epoch)
+
+
+def test_weight_average_is_what_is_evaluated_and_exported(tmp_path: Path) -> None:
+    cfg = tiny(tmp_path, ema=0.9, epochs=1)
+    trainer = train(cfg, progress=False)
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    net, _ = load_weights(tmp_path / "model.safetensors")
+    exported = net.state_dict()
+    for name, avg in ck["ema"].items():
+        torch.testing.assert_close(exported[name], avg, rtol=0, atol=0, msg=name)
+    # the average lags the last weights: it is a different point, between the later steps' weights
+    assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"])
+    assert trainer.history and trainer.history[-1]["val_top1_err"] <= 1.0
