@@ -63,6 +63,7 @@ def test_prepare_then_serve_then_restart(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "resuming the interrupted training run" in first.stdout and "resumed from" in first.stderr
     assert "phase train" in first.stdout and "phase index" in first.stdout
+    assert " images/s: top-1 " in first.stdout  # how fast this machine trained and what that reached
     weights = tmp_path / "data" / "weights" / "fashion-mnist.safetensors"
     assert weights.is_file()
     second = run_entrypoint(["prepare"], env)  # everything cached: no training, no indexing

@@ -43,7 +43,17 @@ def _train(args: argparse.Namespace) -> int:
         cfg = replace(cfg, minutes=None)
     trainer = train(cfg, resume=args.resume, export=not args.no_export)
     if trainer.is_main and not args.no_export and not trainer._interrupted:
-        print(f"weights: {Path(cfg.out) / 'model.safetensors'}")
+        from model.weights import read_meta
+
+        weights = Path(cfg.out) / "model.safetensors"
+        seen = sum(r.get("train_images", 0) for r in trainer.history)
+        top1 = read_meta(weights).metrics.get("top1")
+        speed = seen / max(trainer.elapsed, 1e-9)
+        reached = f"top-1 {top1:.2f}% on the held-out split" if isinstance(top1, float) else "no held-out accuracy measured"
+        # how fast this machine trains decides how far a time budget gets (README, "Training": accuracy by speed)
+        print(f"trained {trainer.history[-1]['epoch'] if trainer.history else 0:.2f} epochs in {trainer.elapsed / 60:.1f} min "
+              f"at {speed:.0f} images/s: {reached}")  # fmt: skip
+        print(f"weights: {weights}")
     return 0
 
 
