@@ -19,7 +19,7 @@ from app.batching import Batcher
 from app.metrics import Metrics
 from app.schemas import ModelInfo, Prediction
 from app.settings import Settings
-from app.uploads import Upload, read_uploads
+from app.uploads import ClientGone, Upload, read_uploads
 from index.index import ImageIndex
 from model.predictor import Predictor
 
@@ -45,10 +45,6 @@ class ServiceState:
 
     def model_info(self) -> ModelInfo | None:
         return None if self.predictor is None else ModelInfo.of(self.predictor)
-
-
-class ClientGone(Exception):
-    """The client closed the connection before its images reached the network."""
 
 
 @dataclass

@@ -10,10 +10,15 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from model.decode import Decoded, DecodeError, decode_image
 
-__all__ = ["Upload", "decode_status", "multipart_body", "read_uploads"]
+__all__ = ["ClientGone", "Upload", "decode_status", "multipart_body", "read_uploads"]
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its images reached the network (while uploading, or after)."""
 
 
 @dataclass
@@ -55,6 +60,8 @@ async def read_uploads(
         )
     try:
         form = await request.form(max_files=max_files, max_fields=max_fields, max_part_size=64 * 1024)
+    except ClientDisconnect as e:
+        raise ClientGone from e
     except MultiPartException as e:
         raise HTTPException(400, f"malformed multipart body: {e.message}") from e
     except (ValueError, KeyError, UnicodeDecodeError) as e:
