@@ -170,8 +170,8 @@ def _search_params(index: faiss.Index, selector: faiss.IDSelector | None, *, exh
 
 
 def selector_for(allowed: np.ndarray | None, excluded: np.ndarray | None) -> tuple[faiss.IDSelector, list[Any]]:
-    """A selector of the ids in ``allowed`` (None: every id) and not in ``excluded``, and the objects it points
-    to (FAISS keeps raw pointers: the caller holds the list while the selector is in use)."""
+    """A selector of the ids in ``allowed`` (None: any) and not in ``excluded`` (None: none), one of them given,
+    and the objects it points to (FAISS keeps raw pointers: the caller holds the list while the selector is used)."""
     keep: list[Any] = []
     parts: list[faiss.IDSelector] = []
     if allowed is not None:
@@ -181,7 +181,7 @@ def selector_for(allowed: np.ndarray | None, excluded: np.ndarray | None) -> tup
         keep.append(inner)
         parts.append(faiss.IDSelectorNot(inner))
     if not parts:
-        parts.append(faiss.IDSelectorAll())
+        raise ValueError("selector_for needs allowed or excluded ids")
     keep += parts
     if len(parts) == 1:
         return parts[0], keep

@@ -133,7 +133,7 @@ async def list_images(
     index: IndexDep,
     after: int = Query(0, ge=0, le=MAX_ID, description="the last id of the previous page (keyset pagination); 0 for the first"),
     limit: int = Query(50, ge=1, le=1000, description="images per page"),
-    label: list[str] | None = Query(None, max_length=200, description="only images with this label (repeat for several)"),
+    label: list[str] | None = Query(None, max_length=200, description="only images with this label (repeat for several, 50 at most)"),
     source: str | None = Query(None, max_length=1000, description="only images whose source starts with this (exact, case-sensitive)"),
 ) -> ImageList:
     """The gallery in id order, a page at a time. Pages stay consistent while images are added or deleted: a page
