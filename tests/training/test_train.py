@@ -130,6 +130,6 @@ def test_weight_average_is_what_is_evaluated_and_exported(tmp_path: Path) -> Non
     exported = net.state_dict()
     for name, avg in ck["ema"].items():
         torch.testing.assert_close(exported[name], avg, rtol=0, atol=0, msg=name)
-    # the average lags the last weights: it is a different point, between the later steps' weights
+    # the average lags the last weights: it is a different point from them
     assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"])
-    assert trainer.history and trainer.history[-1]["val_top1_err"] <= 1.0
+    assert len(trainer.history) == 1
