@@ -134,7 +134,9 @@ def _num_outputs(tensors: dict[str, Tensor], architecture: str) -> int:
 
 def _check_not_pickle(path: Path) -> None:
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    if head[8:9] == b"{":  # safetensors: the JSON header's length (8 bytes, little-endian), then the header
+        return  # (its first byte can be 0x80 too: a header of 0x1180 bytes starts the file with 80 11)
     # zip (torch.save >= 1.6) or a raw pickle protocol marker
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         raise WeightsError(

@@ -1,6 +1,7 @@
 """Weights files: round trips through real files, tamper detection, no pickle."""
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,29 @@ def test_pickle_is_never_unpickled(tmp_path: Path) -> None:
     torch.save({"a": torch.zeros(1)}, path)  # zip-pickle under a safetensors name
     with pytest.raises(WeightsError, match="never unpickled"):
         load_weights(path)
+
+
+def test_a_header_length_that_starts_like_a_pickle_is_still_read(tmp_path: Path) -> None:
+    """safetensors begins with its header's length, little-endian: a length of 0x..80 bytes makes the file's first
+    byte 0x80, pickle's protocol marker. Such files (a trained model's did) must load, and a raw pickle must not."""
+    names = ("a", "b", "c")
+    tiny = torch.nn.Module()
+    tiny.fc8_bias = torch.nn.Parameter(torch.zeros(3))  # the one tensor save_weights needs to count the classes
+    for pad in range(256):  # find the metadata length that puts 0x80 first
+        meta = WeightsMeta(architecture="alexnet-2tower", class_names=names, recipe={"note": "x" * pad})
+        path = tmp_path / f"w{pad}.safetensors"
+        save_weights(tiny, meta, path)
+        if path.read_bytes()[:1] == b"\x80":
+            break
+        path.unlink()
+    else:
+        pytest.fail("no padding gave a header length ending in 0x80")
+    read = read_meta(path)
+    assert read.class_names == names and read.recipe["note"] == "x" * pad
+    raw = tmp_path / "raw.safetensors"
+    raw.write_bytes(pickle.dumps({"a": 1}, protocol=4))  # starts 80 04
+    with pytest.raises(WeightsError, match="never unpickled"):
+        read_meta(raw)
 
 
 def test_class_names_must_match_outputs(tmp_path: Path) -> None:
