@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body cap; larger bodies get 413 before decoding")
     max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit per image (413 above)")
     max_files: int = Field(16, ge=1, description="images per request")
+    reduced_decoding: bool = Field(
+        True,
+        description="decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that leaves the pixels the model and the stored copy need",
+    )
     max_fields: int = Field(16, ge=1, description="non-file form fields per request")
 
     max_batch: int = Field(16, ge=1, description="images per forward pass")

@@ -21,6 +21,7 @@ from app.schemas import ModelInfo, Prediction
 from app.settings import Settings
 from app.uploads import ClientGone, Upload, read_uploads
 from index.index import ImageIndex
+from model.decode import STORE_MAX_SIDE
 from model.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,22 @@ class ServedModel:
         return Predictor.outputs(logits, fc7, ten_crop=ten_crop)
 
     async def read_and_infer(
-        self, request: Request, *, multiple: bool, ten_crop: bool = False, check_fields: Callable[[dict[str, str]], None] | None = None
+        self,
+        request: Request,
+        *,
+        multiple: bool,
+        ten_crop: bool = False,
+        store: bool = False,
+        check_fields: Callable[[dict[str, str]], None] | None = None,
     ) -> Inferred:
         """Read a multipart upload within the settings' limits, decode it between forward passes, and run it.
         The batcher knows the request is coming from its first byte (``Batcher.announce``). ``check_fields``
-        refuses bad text fields before the forward pass."""
+        refuses bad text fields before the forward pass.
+
+        JPEGs are decoded only as large as needed (``Settings.reduced_decoding``): the preprocessing's shorter
+        side, and with ``store`` (the gallery keeps a copy) the copy's longer side."""
         s = self.settings
+        reduced = s.reduced_decoding
         async with self.batcher.announce():
             uploads, fields = await read_uploads(
                 request,
@@ -94,6 +105,8 @@ class ServedModel:
                 max_fields=s.max_fields,
                 max_pixels=s.max_pixels,
                 multiple=multiple,
+                min_side=self.predictor.meta.preset.resize_size if reduced else None,
+                min_long_side=STORE_MAX_SIDE if reduced and store else None,
                 run=self.cpu_work,
             )
             if check_fields is not None:

@@ -49,10 +49,13 @@ async def read_uploads(
     max_fields: int,
     max_pixels: int,
     multiple: bool,
+    min_side: int | None = None,
+    min_long_side: int | None = None,
     run: Callable[..., Awaitable[Any]] = run_in_threadpool,
 ) -> tuple[list[Upload], dict[str, str]]:
     """The decoded images of fields ``file`` (and ``files`` when ``multiple``), and the text fields.
-    Decoding runs through ``run`` (a worker thread; the service passes ``ServiceState.cpu_work``)."""
+    Decoding runs through ``run`` (a worker thread; the service passes ``ServiceState.cpu_work``); a JPEG
+    is decoded at a reduced scale that keeps ``min_side`` and ``min_long_side`` (``decode_image``)."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise HTTPException(
@@ -83,7 +86,7 @@ async def read_uploads(
                 raise HTTPException(400, f"field '{name}' must be a file upload, got a text value")
             data = await part.read()
             try:
-                decoded = await run(decode_image, data, max_pixels=max_pixels)
+                decoded = await run(decode_image, data, max_pixels=max_pixels, min_side=min_side, min_long_side=min_long_side)
             except DecodeError as e:
                 label = part.filename or name
                 raise HTTPException(decode_status(e), f"{label}: {e}") from e

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from index.index import AddResult, ImageIndex
 from index.store import NewImage
 from model.datasets import fashion_mnist, image_files, read_image
-from model.decode import DEFAULT_MAX_PIXELS, DecodeError
+from model.decode import DEFAULT_MAX_PIXELS, STORE_MAX_SIDE, DecodeError
 from model.predictor import Predictor
 from model.preprocess import pixels_transform
 
@@ -53,12 +53,14 @@ class BuildReport:
 class _Decoder:
     """Picklable per-item work for DataLoader workers: decode, preprocess, re-encode."""
 
-    def __init__(self, transform: Callable[[Image.Image], Tensor], max_pixels: int) -> None:
-        self.transform, self.max_pixels = transform, max_pixels
+    def __init__(self, transform: Callable[[Image.Image], Tensor], max_pixels: int, min_side: int | None) -> None:
+        self.transform, self.max_pixels, self.min_side = transform, max_pixels, min_side
 
     def from_file(self, path: Path, label: str | None) -> Item | tuple[str, str]:
-        try:
-            d = read_image(path, max_pixels=self.max_pixels)
+        try:  # as the service decodes an upload to the gallery: as large as the model and the stored copy need
+            d = read_image(
+                path, max_pixels=self.max_pixels, min_side=self.min_side, min_long_side=STORE_MAX_SIDE if self.min_side else None
+            )
         except DecodeError as e:
             return str(path), str(e)
         return self.from_image(d.image, d.sha256, str(path), label, (d.width, d.height))
@@ -112,9 +114,11 @@ def images_from_source(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     labels_from_folders: bool = False,
     limit: int | None = None,
+    reduced_decoding: bool = True,
 ) -> Dataset[Item | tuple[str, str]]:
     # uint8 pixels: a quarter of the bytes between processes; the forward normalises each batch
-    decoder = _Decoder(pixels_transform(predictor.meta.preset), max_pixels)
+    preset = predictor.meta.preset
+    decoder = _Decoder(pixels_transform(preset), max_pixels, preset.resize_size if reduced_decoding else None)
     if source.startswith("fashion-mnist"):
         ds: Dataset[Item | tuple[str, str]] = _DataSetDataset(source, decoder, data_dir)
     else:

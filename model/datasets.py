@@ -190,9 +190,7 @@ def fashion_mnist(root: str | Path | None = None, split: str = "train", *, downl
     return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES)
 
 
-def generated_shapes(
-    n: int = 256, size: int = 32, seed: int = 0, classes: tuple[str, ...] = ("red", "green", "blue", "white")
-) -> ImageSet:
+def generated_shapes(n: int = 256, size: int = 32, seed: int = 0, classes: tuple[str, ...] = ("red", "green", "blue", "white")) -> ImageSet:
     """A small generated set: a noisy square whose colour is the class."""
     g = torch.Generator().manual_seed(seed)
     colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "white": (235, 235, 235)}
@@ -215,11 +213,13 @@ def image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Decoded:
+def read_image(
+    path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None, min_long_side: int | None = None
+) -> Decoded:
     """Read and decode one file with the service's decoder (``DecodeError`` when it is not a usable image).
-    ``min_side``: a JPEG may be decoded at a reduced DCT scale that still leaves its shorter side that long."""
+    ``min_side``, ``min_long_side``: a JPEG may be decoded at a reduced DCT scale that keeps its sides that long."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise DecodeError("corrupt", f"unreadable: {e}") from e
-    return decode_image(data, max_pixels=max_pixels, min_side=min_side)
+    return decode_image(data, max_pixels=max_pixels, min_side=min_side, min_long_side=min_long_side)

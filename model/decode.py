@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
@@ -29,10 +30,20 @@ from model.preprocess import to_rgb
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ALLOWED_FORMATS", "DEFAULT_MAX_PIXELS", "DecodeError", "Decoded", "decode_image", "encode_for_store", "sniff_format"]
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "STORE_MAX_SIDE",
+    "DecodeError",
+    "Decoded",
+    "decode_image",
+    "encode_for_store",
+    "sniff_format",
+]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: a large photograph; a bomb is far beyond
+STORE_MAX_SIDE = 512  # the longer side of the copy the gallery keeps (encode_for_store)
 
 
 class DecodeError(ValueError):
@@ -87,10 +98,16 @@ def _describe(data: bytes) -> str:
     return f"unknown bytes {data[:8].hex()}"
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Decoded:
-    """Decode ``data`` into one upright RGB image, or raise ``DecodeError``. ``min_side``: a JPEG is decoded at
-    the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least that long (Pillow's ``draft``); the
-    pixel limit still applies to the declared size, and ``width``/``height`` report it."""
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None, min_long_side: int | None = None
+) -> Decoded:
+    """Decode ``data`` into one upright RGB image, or raise ``DecodeError``.
+
+    Reduced decoding: with ``min_side`` (and ``min_long_side``), a JPEG is decoded at the smallest DCT scale
+    (1/2, 1/4, 1/8: Pillow's ``draft``) that keeps its shorter side at least ``min_side`` long and its longer
+    side at least ``min_long_side``; callers pass what their resize needs, so the antialiased resize that
+    follows sees enough pixels. Other formats have no such scale and decode whole. The pixel limit applies
+    to the declared size, and ``width``/``height`` report it."""
     if not data:
         raise DecodeError("empty", "the file is empty (0 bytes)")
     fmt = sniff_format(data)
@@ -107,8 +124,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side:
             )
         if getattr(im, "is_animated", False):
             im.seek(0)  # first frame only; the others are never decoded
-        if min_side and fmt == "JPEG" and min(width, height) >= 2 * min_side:
-            im.draft(None, (min_side, min_side))  # type: ignore[arg-type]
+        if fmt == "JPEG" and (min_side or min_long_side):
+            _reduce(im, width, height, min_side or 0, min_long_side or 0)
         im.load()
         try:
             upright = ImageOps.exif_transpose(im) or im
@@ -132,7 +149,18 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side:
     return Decoded(rgb, fmt, hashlib.sha256(data).hexdigest(), w, h)
 
 
-def encode_for_store(image: Image.Image, max_side: int = 512) -> tuple[bytes, str]:
+def _reduce(im: Image.Image, width: int, height: int, min_side: int, min_long_side: int) -> None:
+    """Ask the JPEG decoder for the smallest DCT scale that keeps both sides' minimums (a no-op when even 1/2
+    would not). Pillow picks the largest scale s in 8, 4, 2 with s <= declared / requested on both sides, so
+    the decoded sides (declared / s, rounded up) are never below the request."""
+    short, long = min(width, height), max(width, height)
+    ratio = max(min_side / short, min_long_side / long)
+    if ratio > 0.5:
+        return
+    im.draft(None, (max(1, math.ceil(width * ratio)), max(1, math.ceil(height * ratio))))  # type: ignore[arg-type]
+
+
+def encode_for_store(image: Image.Image, max_side: int = STORE_MAX_SIDE) -> tuple[bytes, str]:
     """Re-encode decoded pixels for storage and serving (never the uploaded bytes): PNG if small, else JPEG."""
     im = to_rgb(image)
     if max(im.size) > max_side:

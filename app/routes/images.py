@@ -54,7 +54,7 @@ async def add_images(request: Request, ctx: Ctx, model: ModelDep, index: IndexDe
         if len(fields.get("label") or "") > 200:
             raise HTTPException(422, "label is longer than 200 characters")
 
-    done = await model.read_and_infer(request, multiple=True, check_fields=check_label)
+    done = await model.read_and_infer(request, multiple=True, store=True, check_fields=check_label)
     label = done.fields.get("label") or None
     items = await model.cpu_work(
         lambda: [

@@ -6,6 +6,7 @@ import io
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -121,3 +122,38 @@ def test_an_all_black_image_gives_no_nan_anywhere(client: TestClient) -> None:
     for resp in (client.post("/similar?k=5", files=upload("black.png", black)), client.get(f"/similar/{black_id}?k=5")):
         assert resp.status_code == 200, resp.text  # JSON has no NaN: the response would not even serialise
         assert all(-1.0 <= h["score"] <= 1.0 for h in resp.json()["results"])
+
+
+def test_jpeg_uploads_are_decoded_only_as_large_as_the_model_and_the_stored_copy_need(
+    tmp_path: Path, small_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2400x1600 JPEG: /classify decodes it at 1/8 (300x200 still covers the preset's 73 px resize), POST /images at
+    1/4 (the stored copy is 512 px long), and with reduced decoding off, whole. The declared size is what /meta says."""
+    import app.uploads
+    from model.decode import decode_image
+
+    decoded_sizes: list[tuple[int, int]] = []
+
+    def spy(*args, **kw):  # type: ignore[no-untyped-def]
+        d = decode_image(*args, **kw)
+        decoded_sizes.append(d.image.size)
+        return d
+
+    monkeypatch.setattr(app.uploads, "decode_image", spy)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 75, 3), dtype=np.uint8)).resize((2400, 1600)).save(buf, "JPEG")
+    photo = buf.getvalue()
+    with TestClient(create_app(make_settings(tmp_path / "a", small_weights))) as c:
+        reduced = c.post("/classify", files=upload("p.jpg", photo, "image/jpeg"))
+        r = c.post("/images", files=upload("p.jpg", photo, "image/jpeg"), headers=AUTH)
+        assert r.status_code == 201, r.text
+        image_id = r.json()["images"][0]["id"]
+        assert Image.open(io.BytesIO(c.get(f"/images/{image_id}").content)).size == (512, 341)
+        assert (lambda m: (m["width"], m["height"]))(c.get(f"/images/{image_id}/meta").json()) == (2400, 1600)
+        top = c.post("/similar?k=1", files=upload("p.jpg", photo, "image/jpeg")).json()["results"][0]
+        assert top["id"] == image_id and top["score"] > 0.99  # 1/8 against 1/4: nearly the same fc7
+    with TestClient(create_app(make_settings(tmp_path / "b", small_weights, reduced_decoding=False))) as c:
+        full = c.post("/classify", files=upload("p.jpg", photo, "image/jpeg"))
+    assert decoded_sizes == [(300, 200), (600, 400), (300, 200), (2400, 1600)]
+    a, b = reduced.json()["results"][0]["predictions"], full.json()["results"][0]["predictions"]
+    assert a[0]["label"] == b[0]["label"] and abs(a[0]["probability"] - b[0]["probability"]) < 0.02
