@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from model.layers import ConvBlock, relu_dropout
 
-__all__ = ["MIN_INPUT", "AlexNet", "AlexNetConfig", "alexnet"]
+__all__ = ["MIN_INPUT", "AlexNet", "AlexNetConfig", "FoldedFc6", "alexnet", "pool5_size"]
 
 # The smallest input for which every pooling layer still has a 3x3 window (pool5 sees 3x3).
 MIN_INPUT = 63
@@ -51,6 +51,31 @@ def _pool_matrix(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Te
         basis = torch.eye(h * w, dtype=torch.float64).view(h * w, 1, h, w)
         pooled = F.adaptive_avg_pool2d(basis, (6, 6)).view(h * w, 36)  # row s: where input s goes
         return pooled.t().contiguous().to(device=device, dtype=dtype)
+
+
+def pool5_size(input_size: int) -> int:
+    """Side of the pool5 map for a square input: conv1 (11, stride 4, padding 2) and three 3/2 pools."""
+    side = (input_size + 2 * 2 - 11) // 4 + 1
+    for _ in range(3):
+        side = (side - 3) // 2 + 1
+    return side
+
+
+class FoldedFc6(nn.Linear):
+    """fc6 stored in its folded form, ``W P``, for inputs whose pool5 map is ``pool5`` (h, w) with h and w
+    dividing 6 (``AlexNet.fold_fc6``): the adaptive pool then copies each input to ``copies`` = 36 / (h w)
+    of fc6's inputs, so ``(256 h w) -> 2048`` weights carry the whole function."""
+
+    def __init__(self, in_features: int, out_features: int, pool5: tuple[int, int]) -> None:
+        super().__init__(in_features, out_features)
+        self.pool5 = pool5
+
+    @property
+    def copies(self) -> int:
+        return 36 // (self.pool5[0] * self.pool5[1])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, folded for a {self.pool5[0]}x{self.pool5[1]} pool5 map"
 
 
 @dataclass(frozen=True)
@@ -131,6 +156,54 @@ class AlexNet(nn.Module):
         self.fc8_bias.data = self.fc8_bias.data.to(devs[0])
         return self
 
+    # -- fc6 in folded form (training at small inputs) ------------------------------------
+
+    def fold_fc6(self, pool5: tuple[int, int]) -> AlexNet:
+        """Hold fc6 as ``W P`` (``FoldedFc6``) for inputs whose pool5 map is ``pool5``; in place.
+
+        When h and w divide 6, every one of fc6's 9216 inputs is a copy of one of the 256 h w pool5 values,
+        and the ``copies`` = 36 / (h w) weights that read the same value always receive the same gradient.
+        An element-wise optimiser (SGD, Adam, AdamW) then gives each of them the same update, so their sum
+        ``W P`` moves by ``copies`` times one update: training ``W P`` with the learning rate times ``copies``
+        and the weight decay divided by it (``training.schedule.make_optimizer``) follows the same path as
+        training W, and a step reads and writes 37.7M fewer weights, gradients and optimiser moments.
+        """
+        h, w = pool5
+        if h < 1 or w < 1 or 6 % h or 6 % w or (h, w) == (6, 6):
+            raise ValueError(f"fc6 folds for a pool5 map whose sides divide 6 and are under 6, not {h}x{w}")
+        for tower in self.tower_pair:
+            fc6 = tower.fc6
+            if type(fc6) is not nn.Linear:
+                raise ValueError(f"fc6 is {type(fc6).__name__}, not an unfolded nn.Linear")
+            pool = _pool_matrix(h, w, fc6.weight.device, fc6.weight.dtype)  # (36, hw)
+            folded = FoldedFc6(256 * h * w, fc6.out_features, (h, w)).to(fc6.weight.device)
+            with torch.no_grad():
+                folded.weight.copy_((fc6.weight.view(fc6.out_features, 256, 36) @ pool).flatten(1))
+                folded.bias.copy_(fc6.bias)
+            tower.fc6 = folded
+        return self
+
+    def unfold_fc6(self) -> AlexNet:
+        """Back to the paper's (2048, 9216) fc6, in place: each folded weight spread evenly over its copies,
+        so that ``W P`` and every output at the folded size are unchanged. No-op when fc6 is not folded."""
+        for tower in self.tower_pair:
+            fc6 = tower.fc6
+            if not isinstance(fc6, FoldedFc6):
+                continue
+            h, w = fc6.pool5
+            pool = _pool_matrix(h, w, fc6.weight.device, fc6.weight.dtype)  # (36, hw); P^T P = copies * I
+            full = nn.Linear(256 * 36, fc6.out_features).to(fc6.weight.device)
+            with torch.no_grad():
+                full.weight.copy_((fc6.weight.view(fc6.out_features, 256, h * w) @ pool.t()).flatten(1) / fc6.copies)
+                full.bias.copy_(fc6.bias)
+            tower.fc6 = full
+        return self
+
+    @property
+    def fc6_folded(self) -> tuple[int, int] | None:
+        fc6 = self.tower_pair[0].fc6
+        return fc6.pool5 if isinstance(fc6, FoldedFc6) else None
+
     @property
     def tower_pair(self) -> tuple[Tower, Tower]:
         return cast(Tower, self.towers[0]), cast(Tower, self.towers[1])
@@ -207,6 +280,11 @@ class AlexNet(nn.Module):
         function and the same gradients, with fc6's cost cut by 36 / (h*w).
         """
         hw = x.shape[-2] * x.shape[-1]
+        if isinstance(tower.fc6, FoldedFc6):
+            if tuple(x.shape[-2:]) != tower.fc6.pool5:
+                ph, pw = tower.fc6.pool5
+                raise ValueError(f"fc6 is folded for a {ph}x{pw} pool5 map, got {tuple(x.shape[-2:])}; call unfold_fc6() first")
+            return tower.fc6(torch.flatten(x, 1))
         if x.shape[-2:] == (6, 6):
             return tower.fc6(torch.flatten(x, 1))  # (B, 9216)
         if hw >= 36 or type(tower.fc6) is not nn.Linear:  # (a quantised fc6 has no float weight to fold)

@@ -20,9 +20,9 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from model.alexnet import AlexNet
+from model.alexnet import AlexNet, pool5_size
 
-__all__ = ["PackedLinear", "pack_linears", "packing_available", "pool5_size"]
+__all__ = ["PackedLinear", "pack_linears", "packing_available"]
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,6 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None} (oneDNN packed)"
-
-
-def pool5_size(input_size: int) -> int:
-    """Side of the pool5 map for a square input: conv1 (11, stride 4, padding 2) and three 3/2 pools."""
-    side = (input_size + 2 * 2 - 11) // 4 + 1
-    for _ in range(3):
-        side = (side - 3) // 2 + 1
-    return side
 
 
 def pack_linears(model: AlexNet, input_size: int) -> int:

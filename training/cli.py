@@ -36,6 +36,8 @@ def _train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         workers=args.workers,
         eval_ten_crop=args.ten_crop or None,
+        amp=args.amp,
+        fold_fc6=args.fold_fc6,
     )
     if args.no_minutes:
         from dataclasses import replace
@@ -131,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_option("--device", "devices", "cpu, cuda:0, or cuda:0,cuda:1 (two towers on two GPUs); DDP under torchrun")
     recipe_option("--seed", "seed", "random seed", type=int)
     recipe_option("--workers", "workers", "decoding processes for image folders", type=int)
+    recipe_option("--amp", "amp", "bf16 autocast on GPU and on CPUs with native bf16", action=argparse.BooleanOptionalAction)
+    recipe_option(
+        "--fold-fc6",
+        "fold_fc6",
+        "train fc6 folded when pool5 is under 6x6 (the same updates, faster)",
+        action=argparse.BooleanOptionalAction,
+    )
     p.add_argument("--max-train-images", type=int, help="use only the first N training images (default: all)")
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (default: no limit)")
     p.add_argument("--ten-crop", action="store_true", help="also measure 10-crop accuracy at export")

@@ -24,7 +24,10 @@ def export_checkpoint(checkpoint: Path, out: Path, *, evaluate_on: Source | None
     cfg = TrainConfig.from_dict(ck["config"])
     names = tuple(ck["class_names"])
     model = AlexNet(AlexNetConfig(num_classes=len(names), dropout=cfg.dropout, bias_init=cfg.bias_init))
+    if ck.get("fc6_folded"):  # trained in folded form (AlexNet.fold_fc6): served as the paper's fc6
+        model.fold_fc6((ck["fc6_folded"][0], ck["fc6_folded"][1]))
     model.load_state_dict(ck.get("ema", ck["model"]))  # the weight average, when the recipe kept one
+    model.unfold_fc6()
     model.eval()
     last = ck["history"][-1] if ck["history"] else {}
     metrics: dict[str, object] = {"epochs": last.get("epoch"), "train_minutes": round(float(ck["elapsed"]) / 60, 2), "steps": ck["step"]}

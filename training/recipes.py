@@ -29,6 +29,8 @@ class TrainConfig:
     plateau_patience: int = 2
     warmup_steps: int = 0
     label_smoothing: float = 0.0
+    supcon: float = 0.0  # weight of a supervised contrastive term on fc7 beside the cross-entropy (training.losses; 0: off)
+    supcon_temperature: float = 0.1
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and exported (0: off)
     pca_std: float = 0.1  # section 4.1: alpha ~ N(0, 0.1)
     flip: bool = True
@@ -36,7 +38,8 @@ class TrainConfig:
     dropout: float = 0.5
     seed: int = 0
     devices: str = "cpu"  # cpu | cuda:0 | cuda:0,cuda:1 (the paper's two towers on two GPUs)
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    amp: bool = True  # bf16 autocast on GPU, and on CPUs that compute in bf16 natively (AVX-512 BF16, AMX); fp32 elsewhere
+    fold_fc6: bool = True  # below 6x6 pool5 maps, train fc6 in folded form: the same updates, a third of the step (model.alexnet)
     channels_last: bool = True  # faster convolutions on oneDNN (CPU) and cuDNN (GPU)
     workers: int = 2  # decoding processes for folder data sets
     max_train_images: int | None = None  # use only the first N training images (quick trials)

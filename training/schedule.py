@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
+from model.alexnet import FoldedFc6
 from training.recipes import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Schedule", "make_optimizer"]
+__all__ = ["Schedule", "make_optimizer", "set_lr"]
 
 
 class Schedule:
@@ -65,14 +67,33 @@ class Schedule:
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":  # section 5: weight decay on every parameter
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    """The recipe's optimiser. Each parameter group has an ``lr_scale``: the training loop sets a group's
+    learning rate to the schedule's times that. A folded fc6 (``AlexNet.fold_fc6``) stands for ``copies``
+    weights that would each take the same update, so its group moves ``copies`` times as far, with the weight
+    decay divided by ``copies`` so that the decay's own step (learning rate x decay) stays the same."""
+    folded = {id(m.weight): m.copies for m in model.modules() if isinstance(m, FoldedFc6)}
+    groups: list[dict[str, Any]] = []
+    for copies in sorted(set(folded.values())):
+        params = [p for p in model.parameters() if folded.get(id(p)) == copies]
+        groups.append({"params": params, "weight_decay": cfg.weight_decay / copies, "lr_scale": float(copies)})
+    # SGD decays every parameter (section 5); AdamW decays weights only (decaying the constant bias
+    # initialisation only slows the start)
+    decay = [p for p in model.parameters() if id(p) not in folded and (p.dim() > 1 or cfg.optimizer == "sgd")]
+    no_decay = [p for p in model.parameters() if id(p) not in folded and p.dim() <= 1 and cfg.optimizer != "sgd"]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+        *([{"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}] if no_decay else []),
+        *groups,
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.optimizer == "adamw":
-        # Decoupled decay on weights only: decaying the constant bias initialisation only slows the start.
-        decay = [p for p in model.parameters() if p.dim() > 1]
-        no_decay = [p for p in model.parameters() if p.dim() <= 1]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # fused: one kernel for all 61M parameters; the foreach version spends a third of a
-        # CPU training step in the optimiser
+        # fused: one kernel for all parameters; the foreach version spends a third of a CPU training step in the optimiser
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd, adamw)")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate, times each group's ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

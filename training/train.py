@@ -25,19 +25,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from model.alexnet import AlexNet, AlexNetConfig
+from model.alexnet import AlexNet, AlexNetConfig, pool5_size
 from model.preprocess import Preset
 from training import parallel
 from training.augment import augment_batch, centre_batch, pca_stats
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import Source, open_source
+from training.losses import FC7Tap, supcon_loss
 from training.metrics import MetricsLog
 from training.recipes import TrainConfig
-from training.schedule import Schedule, make_optimizer
+from training.schedule import Schedule, make_optimizer, set_lr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "evaluate", "train"]
+__all__ = ["Trainer", "cpu_computes_bf16", "evaluate", "train", "uses_bf16"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -73,9 +74,23 @@ def evaluate(model: nn.Module, source: Source, preset: Preset, cfg: TrainConfig,
     return {"loss": loss_sum / n, "top1_err": 1 - c1 / n, "top5_err": 1 - c5 / n, "images": n}
 
 
+def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether training on ``device`` runs under bf16 autocast: the recipe asks (``amp``) and the device computes
+    in bf16 natively (a GPU, or a CPU with AVX-512 BF16 or AMX)."""
+    return cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cpu_computes_bf16()))
+
+
 def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
-    enabled = cfg.amp and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg, device))
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so that autocast to bf16 is faster
+    than fp32; elsewhere oneDNN emulates bf16 and it is slower."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a PyTorch without these probes: stay in fp32
+        return False
 
 
 class Trainer:
@@ -116,11 +131,15 @@ class Trainer:
 
         self.model = AlexNet(AlexNetConfig(num_classes=len(self.class_names), dropout=cfg.dropout, bias_init=cfg.bias_init))
         self.model.place(self.dist.tower_devices)
+        side = pool5_size(cfg.crop_size)
+        if cfg.fold_fc6 and side < 6 and 6 % side == 0:
+            self.model.fold_fc6((side, side))
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(cfg, self.model)
         self.net: nn.Module = parallel.wrap(self.model, self.dist)
         self.ema = WeightAverage(self.model, cfg.ema) if cfg.ema else None
+        self.fc7 = FC7Tap(self.model) if cfg.supcon else None
         # batch_size is per process; a step takes one global batch. Under DDP a last, smaller global batch is
         # left out, so that every process has a full share at every step.
         self.global_batch = cfg.batch_size * self.dist.world_size
@@ -142,6 +161,7 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
+            "fc6_folded": list(self.model.fc6_folded or ()),  # the model's fc6 shape (export unfolds it)
             **({"ema": self.ema.model.state_dict()} if self.ema else {}),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -187,6 +207,11 @@ class Trainer:
                 raise ValueError(
                     f"{path}: checkpoint was trained with {key}={getattr(saved, key)!r}, this run has {getattr(self.cfg, key)!r}"
                 )
+        if tuple(ck.get("fc6_folded") or ()) != (self.model.fc6_folded or ()):
+            raise ValueError(
+                f"{path}: checkpoint holds fc6 {'folded' if ck.get('fc6_folded') else 'unfolded'}, this run "
+                f"{'folds' if self.model.fc6_folded else 'does not fold'} it; resume with the --fold-fc6 setting the run began with"
+            )
         if tuple(ck["class_names"]) != self.class_names:
             raise ValueError(f"{path}: checkpoint classes {ck['class_names'][:5]}... differ from the data set's")
         self.model.load_state_dict(ck["model"])
@@ -240,8 +265,7 @@ class Trainer:
             progress = self.schedule.progress(self.step, self.elapsed)
             if progress >= 1.0 or self._interrupted:
                 break
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.schedule.lr(self.step, progress)
+            set_lr(self.optimizer, self.schedule.lr(self.step, progress))
             g = torch.Generator().manual_seed(_batch_seed(cfg.seed, self.epoch, i))
             x = augment_batch(images.to(self.device), self.preset, pca_std=cfg.pca_std, flip=cfg.flip, generator=g)
             if cfg.channels_last:
@@ -250,6 +274,8 @@ class Trainer:
                 logits = model(x).float()
             y = labels.to(logits.device)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if self.fc7 is not None:
+                loss = loss + cfg.supcon * supcon_loss(self.fc7.features(), y, cfg.supcon_temperature)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {self.step}; lower the learning rate")
             self.optimizer.zero_grad(set_to_none=True)

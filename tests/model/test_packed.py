@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from model.alexnet import alexnet
-from model.packed import PackedLinear, pack_linears, packing_available, pool5_size
+from model.alexnet import alexnet, pool5_size
+from model.packed import PackedLinear, pack_linears, packing_available
 from model.predictor import Predictor
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch lacks oneDNN's packed linear kernels")
