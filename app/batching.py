@@ -149,6 +149,18 @@ class Batcher:
 
         return await run_in_threadpool(gated)
 
+    def admit(self) -> None:
+        """Called by an announced request before its body is read: refuse it (``Overloaded``) when the images
+        waiting for the network and the other requests being read or decoded (at least one image each) reach
+        ``max_queue``. Under overload the work piles up in reading and decoding before it reaches the queue,
+        so the bound counts both; and a refused upload costs the server its headers only, not the parsing
+        and decoding of its body, so that one process can refuse requests as fast as they come."""
+        others = self._arriving - 1 if _announced.get() is not None else self._arriving
+        if self.max_queue and self._queued + others >= self.max_queue:
+            raise Overloaded(
+                f"{self._queued} images are waiting for the network and {others} requests are being read (the bound is {self.max_queue})"
+            )
+
     async def submit(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Logits (n, classes) and fc7 (n, 4096) for a preprocessed (n, 3, S, S) batch."""
         a = _announced.get()

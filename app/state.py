@@ -99,6 +99,7 @@ class ServedModel:
         s = self.settings
         reduced = s.reduced_decoding
         async with self.batcher.announce():
+            self.batcher.admit()  # a full queue refuses before the body is read: overload costs the server little
             uploads, fields = await read_uploads(
                 request,
                 max_files=s.max_files if multiple else 1,

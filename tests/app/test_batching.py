@@ -162,6 +162,32 @@ def test_overload_is_503_with_retry_after_and_counted(tmp_path: Path, small_weig
         assert f"alexnet_overload_rejections_total {float(codes.count(503))}" in metrics
 
 
+def test_a_full_queue_refuses_before_reading_the_upload(tmp_path: Path, small_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the queue is full, an upload is refused from its headers: its body is neither parsed nor decoded."""
+    import app.uploads
+
+    decoded: list[int] = []
+    real_decode = app.uploads.decode_image
+    monkeypatch.setattr(app.uploads, "decode_image", lambda data, **kw: decoded.append(len(data)) or real_decode(data, **kw))
+    parsed: list[int] = []
+    real_read = app.uploads.read_uploads
+
+    async def counting_read(*args, **kw):  # type: ignore[no-untyped-def]
+        parsed.append(1)
+        return await real_read(*args, **kw)
+
+    monkeypatch.setattr("app.state.read_uploads", counting_read)
+    with TestClient(create_app(make_settings(tmp_path, small_weights, max_queue_images=1))) as client:
+        batcher = client.app.state.service.batcher
+        batcher._queued = 1  # as if one image were waiting for the network
+        refused = client.post("/classify", files=upload("a.png", image_bytes(1)))
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert decoded == [] and parsed == []
+        batcher._queued = 0
+        assert client.post("/classify", files=upload("a.png", image_bytes(1))).status_code == 200
+        assert len(decoded) == 1 and len(parsed) == 1
+
+
 def test_a_request_whose_client_has_gone_is_not_computed(tmp_path: Path, small_weights: Path) -> None:
     """The real app, driven at the ASGI level: the upload arrives whole, then the client hangs up (``http.disconnect``),
     as a client that gave up waiting does. Over real sockets the same happens, but when the server notices the
