@@ -1,6 +1,7 @@
 """Run every benchmark, print the tables and write bench/results.json.
 
 python -m bench            (or: make bench)
+python -m bench --quick    every figure, with shorter measuring windows (under 10 minutes on 2 cores)
 python -m bench gallery    the shared-gallery benchmark (several processes on one store), run only when named
 """
 
@@ -12,19 +13,26 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["bench.model_bench", "bench.service_bench", "bench.search_bench"]
+BENCHES = ["bench.model_bench", "bench.decode_bench", "bench.service_bench", "bench.photo_bench", "bench.search_bench"]
+# --quick: each bench's shorter measuring windows (the figures are the same, noisier)
+QUICK = {
+    "bench.service_bench": ["--seconds", "3", "--concurrency", "1,16"],
+    "bench.photo_bench": ["--seconds", "2"],
+    "bench.search_bench": ["--queries", "200"],
+}
 ON_REQUEST = ["bench.gallery_bench"]  # run only when named: `python -m bench gallery` (~8 minutes)
 
 
 def main() -> int:
-    only = sys.argv[1:]
+    quick = "--quick" in sys.argv[1:]
+    only = [a for a in sys.argv[1:] if a != "--quick"]
     results: dict[str, object] = {}
     for name in BENCHES + ON_REQUEST:
         if (only and not any(o in name for o in only)) or (not only and name in ON_REQUEST):
             continue
         start = time.perf_counter()
         print(f"\n=== {name} ===")
-        results[name] = importlib.import_module(name).main()
+        results[name] = importlib.import_module(name).main(QUICK.get(name, []) if quick else [])
         print(f"({time.perf_counter() - start:.0f} s)")
     out = Path(__file__).with_name("results.json")
     if only and out.is_file():  # a partial run updates its parts and keeps the others

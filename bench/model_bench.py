@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,13 +68,39 @@ def _conv_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Conv2d, tor
     return seen
 
 
+def onnx_runtime(ref: nn.Module, tmp: Path) -> Any:
+    """The reference exported to ONNX and loaded in ONNX Runtime's CPU provider with every graph optimisation, as
+    many intra-op threads as torch uses: the peer a user would deploy instead. None without the `bench` extra."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("(onnxruntime missing: pip install -e '.[bench]' to measure ONNX Runtime beside the serving path)")
+        return None
+    path = tmp / "alexnet.onnx"
+    x = torch.randn(1, 3, 224, 224)
+    # at 224 px pool5 is already 6x6 and the adaptive pool an identity, which the exporter cannot size with a dynamic batch
+    ref = nn.Sequential(*(nn.Identity() if isinstance(m, nn.AdaptiveAvgPool2d) else m for m in ref)).eval()  # (shares its layers)
+    torch.onnx.export(ref, (x,), str(path), input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"x": batch})[0]
+
+
 def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]]:
-    """The serving path (Predictor's model: channels_last, fp32 and int8 fc) against the reference."""
+    """The serving path (Predictor's model: channels_last, fp32 and int8 fc) against the reference, and against
+    ONNX Runtime running the same function."""
+    import tempfile
+
     torch.manual_seed(0)
     net = alexnet(num_classes=1000).eval()
     ref = from_towers(net).eval()
     serving, _ = serving_model(copy.deepcopy(net))  # exactly as Predictor serves fp32 on the CPU
     int8, _ = serving_model(copy.deepcopy(net), precision="int8")
+    with tempfile.TemporaryDirectory() as tmp:
+        ort_run = onnx_runtime(ref, Path(tmp))
     rows = []
     for b in batches:
         x = torch.randn(b, 3, 224, 224)
@@ -93,6 +120,11 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
             # beat the reference by more than t_ref / t_conv without faster convolutions
             convs = _conv_inputs(serving, xc)
             t_conv = time_call(lambda convs=convs: [conv(inp) for conv, inp in convs])
+        t_ort: list[float] = []
+        if ort_run is not None:
+            xn = x.numpy()
+            np.testing.assert_allclose(ort_run(xn), expected.numpy(), rtol=1e-3, atol=1e-3)
+            t_ort = time_call(lambda xn=xn: ort_run(xn))
         rows.append(
             {
                 "batch": b,
@@ -110,6 +142,11 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
                 "fp32_speedup_bound": median(t_ref) / median(t_conv),
                 "int8_top1_agree": top1,
                 "int8_top5_overlap": overlap,
+                **(
+                    {"ort_img_s": b / median(t_ort), "ort_p50_ms": 1e3 * median(t_ort), "fp32_vs_ort": median(t_ort) / median(t_ours)}
+                    if t_ort
+                    else {}
+                ),
             }
         )
     return rows
@@ -219,26 +256,46 @@ def bench_extract(weights: Path, n: int = 2048, size: int = 224) -> dict[str, An
 
 
 def bench_train_step(crop: int = 64, batch: int = 128) -> dict[str, Any]:
-    """One training step at the default recipe's size: the training path vs the eager reference with foreach AdamW."""
+    """One training step of the default recipe (``training.train.Trainer``'s: fc6 folded, bf16 autocast where the CPU
+    multiplies bf16 natively, fused AdamW with the recipe's groups) against the path before those two changes
+    (fc6 unfolded, fp32) and the eager reference (grouped torch.nn, foreach AdamW), same inputs, same run."""
+    from training.recipes import recipe
+    from training.schedule import make_optimizer
+    from training.train import uses_bf16
+
+    cfg = recipe("fashion-mnist")
     torch.manual_seed(0)
-    net = alexnet(num_classes=10, bias_init=0.1).train().to(memory_format=torch.channels_last)
-    ref = from_towers(net).train()
+    before = alexnet(num_classes=10, bias_init=0.1).train().to(memory_format=torch.channels_last)
+    ref = from_towers(before).train()
+    ours = copy.deepcopy(before).fold_fc6((1, 1))
     x, y = torch.randn(batch, 3, crop, crop), torch.randint(0, 10, (batch,))
     xc = x.contiguous(memory_format=torch.channels_last)
-    opt_ours = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    opt_before = make_optimizer(cfg, before)
+    opt_ours = make_optimizer(cfg, ours)
     opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-4)
+    bf16 = uses_bf16(cfg, torch.device("cpu"))
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
-    def step(model: nn.Module, opt: torch.optim.Optimizer, inp: torch.Tensor) -> None:
+    def step(model: nn.Module, opt: torch.optim.Optimizer, inp: torch.Tensor, autocast: Any = None) -> None:
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(inp), y).backward()
+        if autocast is None:
+            logits = model(inp)
+        else:
+            with autocast:
+                logits = model(inp).float()
+        nn.functional.cross_entropy(logits, y).backward()
         opt.step()
 
     t_ref = median(time_call(lambda: step(ref, opt_ref, x), warmup=2, min_repeats=3, min_seconds=3))
-    t_ours = median(time_call(lambda: step(net, opt_ours, xc), warmup=2, min_repeats=3, min_seconds=3))
+    t_before = median(time_call(lambda: step(before, opt_before, xc), warmup=2, min_repeats=3, min_seconds=3))
+    t_ours = median(time_call(lambda: step(ours, opt_ours, xc, amp), warmup=2, min_repeats=3, min_seconds=3))
     return {
         "case": f"train step {crop}px batch {batch}",
+        "bf16": bf16,
         "ours_img_s": batch / t_ours,
+        "before_img_s": batch / t_before,
         "reference_img_s": batch / t_ref,
+        "vs_before": t_before / t_ours,
         "speedup": t_ref / t_ours,
     }
 
@@ -251,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv if argv is not None else [])
     setup_threads()
     alloc = bench_allocator()  # leaves freed memory retained, as the service runs, for both paths below
-    lrn, fwd, train = bench_lrn(), bench_forward(), bench_train_step()
+    lrn, fwd = bench_lrn(), bench_forward()
+    train = [bench_train_step(batch=b) for b in (128, 256)]
     agree = extract = None
     if args.weights.is_file():
         agree, extract = bench_agreement(args.weights), bench_extract(args.weights)
@@ -282,13 +340,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ],
         )
     )
+    print("\n# The same forward pass in ONNX Runtime (CPU provider, all graph optimisations; the reference exported to ONNX)")
+    print(table(fwd, ["batch", "ort_img_s", "fp32_img_s", "fp32_vs_ort", "ort_p50_ms", "fp32_p50_ms", "reference_img_s"]))
     print("(reference_glibc_img_s: the reference with glibc's default malloc thresholds, as a plain process runs it;")
     print(" fp32_vs_plain_process: the serving path, freed memory retained, against that)")
     print("(convs_alone_ms: the serving path's ten convolutions by themselves; fp32_speedup_bound: reference / that)")
     print("\n# Allocator: glibc's default thresholds vs freed memory retained (ALEXNET_RETAIN_FREED_MEMORY), fp32")
     print(table([alloc], list(alloc)))
-    print("\n# Training step (fused AdamW, channels_last, folded fc6) vs eager reference (foreach AdamW)")
-    print(table([train], ["case", "ours_img_s", "reference_img_s", "speedup"]))
+    print("\n# Training step: the recipe's (fc6 trained folded, bf16 autocast if the CPU has it, fused AdamW, channels_last)")
+    print("# vs before folding and bf16 (fp32, fc6 unfolded) and vs the eager reference (foreach AdamW)")
+    print(table(train, ["case", "bf16", "ours_img_s", "before_img_s", "reference_img_s", "vs_before", "speedup"]))
     if agree and extract:
         print(f"\n# Default model ({args.weights}) on the Fashion-MNIST test set: int8 vs fp32, fp32 vs reference")
         print(table([agree], list(agree)))
