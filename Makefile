@@ -14,7 +14,7 @@ EXTRAS ?= dev
 help:
 	@echo "make run    - train the default model if needed, build the gallery index, serve on http://127.0.0.1:8000"
 	@echo "make test   - create .venv, install, run ruff, mypy and the whole test suite"
-	@echo "make bench  - run the benchmarks and print their figures"
+	@echo "make bench  - run the benchmarks and print their figures (BENCH_ARGS=--quick: under 10 minutes)"
 	@echo "make docker-smoke - build the image and prove docker compose up end to end (root, Docker engine)"
 
 $(BIN)/python:
@@ -48,8 +48,10 @@ test: lint typecheck smoke pytest
 smoke:
 	bash docker/smoke.sh --if-possible
 
-bench: install
-	$(BIN)/python -m bench
+# the benchmarks' peers and photographs (ONNX Runtime, scikit-image) come with the `bench` extra
+bench:
+	$(MAKE) install EXTRAS=dev,bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 run:
 	@bash docker/entrypoint.sh run

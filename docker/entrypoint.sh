@@ -86,7 +86,7 @@ prepare() {
       resume=(--resume)
       say "resuming the interrupted training run in $DATA_DIR/runs/default"
     else
-      say "training the default model (recipe ${ALEXNET_RECIPE:-fashion-mnist}; about 20 minutes on 2 CPU cores)"
+      say "training the default model (recipe ${ALEXNET_RECIPE:-fashion-mnist}; 13 to 18 minutes on 2 CPU cores)"
     fi
     t0=$(now)
     rm -f "$DATA_DIR/runs/default/model.safetensors"  # (an earlier run's; this run writes its own when it finishes)
