@@ -1,7 +1,8 @@
 """Run every benchmark, print the tables and write bench/results.json.
 
 python -m bench            (or: make bench)
-python -m bench --quick    every figure, with shorter measuring windows (under 10 minutes on 2 cores)
+python -m bench --quick    every figure with shorter measuring windows, except search at 10^6 vectors (about 2.5
+                           minutes more: `python -m bench search`); under 10 minutes on 2 cores
 python -m bench gallery    the shared-gallery benchmark (several processes on one store), run only when named
 """
 
@@ -14,11 +15,11 @@ import time
 from pathlib import Path
 
 BENCHES = ["bench.model_bench", "bench.decode_bench", "bench.service_bench", "bench.photo_bench", "bench.search_bench"]
-# --quick: each bench's shorter measuring windows (the figures are the same, noisier)
+# --quick: each bench's shorter measuring windows (the figures are the same, noisier), and search at 10^5 vectors only
 QUICK = {
     "bench.service_bench": ["--seconds", "3", "--concurrency", "1,16"],
-    "bench.photo_bench": ["--seconds", "2"],
-    "bench.search_bench": ["--queries", "200"],
+    "bench.photo_bench": ["--seconds", "2", "--warmup", "0.5"],
+    "bench.search_bench": ["--sizes", "100000", "--queries", "200"],
 }
 ON_REQUEST = ["bench.gallery_bench"]  # run only when named: `python -m bench gallery` (~8 minutes)
 

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ap = argparse.ArgumentParser(prog="python -m bench.photo_bench")
     ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured cell")
     ap.add_argument("--overload-seconds", type=float, default=60)
     ap.add_argument("--overload-route", default="/classify")
     ap.add_argument("--overload-megapixels", type=float, default=2)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         for c in (1, 16):
                             if args.overload_only and (route, mp, c) != (args.overload_route, args.overload_megapixels, 16):
                                 continue
-                            asyncio.run(load(base, route, c, 1.0, jpegs[mp], "bench"))  # warm-up
+                            asyncio.run(load(base, route, c, args.warmup, jpegs[mp], "bench"))
                             r = asyncio.run(load(base, route, c, args.seconds, jpegs[mp], "bench"))
                             rows.append({"decoding": "reduced" if reduced else "full", "route": route, "megapixels": mp, "clients": c, **r})
                 if reduced:
