@@ -31,6 +31,7 @@ def test_folded_training_takes_the_same_steps_as_the_paper_fc6(optimizer: str) -
     folded.load_state_dict(full.state_dict())
     folded.fold_fc6((1, 1))
     assert isinstance(folded.towers[0].fc6, FoldedFc6) and folded.towers[0].fc6.weight.shape == (2048, 256)
+    start = _folded_sum(full, 0).clone()
     opts = [make_optimizer(cfg, m) for m in (full, folded)]
     assert [g["lr_scale"] for g in opts[1].param_groups][-1] == 36.0
     gen = torch.Generator().manual_seed(1)
@@ -41,8 +42,8 @@ def test_folded_training_takes_the_same_steps_as_the_paper_fc6(optimizer: str) -
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step()
-    moved = (_folded_sum(full, 0) - _folded_sum(alexnet(num_classes=4, bias_init=0.1), 0)).abs().max()
-    assert moved > 0.05  # training moved fc6 far past the tolerance below (else the comparison says nothing)
+    moved = (_folded_sum(full, 0) - start).abs().max()
+    assert moved > 5e-3  # training moved fc6 by 50x the tolerance below (else the comparison says nothing)
     for t in (0, 1):
         torch.testing.assert_close(_folded_sum(folded, t), _folded_sum(full, t), rtol=1e-3, atol=1e-4)
     x = torch.randn(4, 3, 64, 64)
