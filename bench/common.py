@@ -41,6 +41,15 @@ def time_call(fn: Callable[[], object], *, warmup: int = 2, min_repeats: int = 3
     return times
 
 
+def agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Top-1 agreement and mean top-5 overlap (fractions) of two logit batches."""
+    k = min(5, a.shape[1])
+    ta, tb = a.topk(k, dim=1).indices, b.topk(k, dim=1).indices
+    top1 = float((ta[:, 0] == tb[:, 0]).float().mean())
+    overlap = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(ta, tb, strict=True)) / (k * len(a))
+    return top1, overlap
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

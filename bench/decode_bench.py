@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import machine, median, setup_threads, table, time_call
+from bench.common import agreement, machine, median, setup_threads, table, time_call
 from model.decode import decode_image
 from model.predictor import Predictor
 
@@ -117,15 +117,7 @@ def make_pictures(photos: dict[str, Image.Image], predictors: dict[str, Predicto
     return out
 
 
-def _agree(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Top-1 agreement and top-5 overlap (%) of two logit batches."""
-    k = min(5, a.shape[1])
-    ta, tb = a.topk(k).indices, b.topk(k).indices
-    overlap = [len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(ta, tb, strict=True)]
-    return 100 * float((ta[:, 0] == tb[:, 0]).float().mean()), 100 * float(np.mean(overlap))
-
-
-def agreement(predictors: dict[str, Predictor], pictures: Pictures) -> list[dict[str, Any]]:
+def agreement_table(predictors: dict[str, Predictor], pictures: Pictures) -> list[dict[str, Any]]:
     rows = []
     for model_name, predictor in predictors.items():
         resize = predictor.meta.preset.resize_size
@@ -136,7 +128,7 @@ def agreement(predictors: dict[str, Predictor], pictures: Pictures) -> list[dict
             reduced = [decode_image(data, min_side=resize).image for data in files]
             lf, ff = predictor.forward(torch.stack(full))
             lr, fr = predictor.forward(predictor.pixels(reduced))
-            top1, top5 = _agree(lf, lr)
+            top1, top5 = agreement(lf, lr)
             cos = torch.nn.functional.cosine_similarity(ff, fr).numpy()
             first = decode_image(files[0])
             rows.append(
@@ -145,12 +137,12 @@ def agreement(predictors: dict[str, Predictor], pictures: Pictures) -> list[dict
                     "megapixels": mp,
                     "pictures": len(files),
                     "first_decoded_at": f"{reduced[0].width}x{reduced[0].height} of {first.width}x{first.height}",
-                    "top1_agree_pct": top1,
-                    "top5_overlap_pct": top5,
+                    "top1_agree_pct": 100 * top1,
+                    "top5_overlap_pct": 100 * top5,
                     "fc7_cos_mean": float(cos.mean()),
                     "fc7_cos_min": float(cos.min()),
                     # the baseline: what JPEG coding itself changes (full decoding against the picture before coding)
-                    "jpeg_vs_lossless_top1_pct": _agree(lossless, lf)[0],
+                    "jpeg_vs_lossless_top1_pct": 100 * agreement(lossless, lf)[0],
                 }
             )
     return rows
@@ -208,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             print(f"({args.weights} not found: `make run` trains it; agreement measured on the 224 px model only)")
         predictors["paper (224 px, random)"] = paper_predictor(Path(tmp))
-        agree = agreement(predictors, make_pictures(photos, predictors))
+        agree = agreement_table(predictors, make_pictures(photos, predictors))
         cost = costs(next(iter(predictors.values())), photos)
     print("# Reduced JPEG decoding vs full decoding: the same pictures through the same model")
     print(f"# ({len(PHOTOS)} skimage.data photographs x {FRAMINGS} framings, Lanczos to 2/6/12 MP, JPEG q90)")

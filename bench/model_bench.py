@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import machine, median, setup_threads, table, time_call
+from bench.common import agreement, machine, median, setup_threads, table, time_call
 from bench.reference import from_towers
 from model.alexnet import alexnet
 from model.layers import LocalResponseNorm
@@ -42,14 +42,6 @@ def bench_lrn() -> list[dict[str, Any]]:
     t_ref, t_ours = median(time_call(lambda: fwd_bwd(ref))), median(time_call(lambda: fwd_bwd(ours)))
     rows.append({"case": "LRN forward+backward", "ours_ms": t_ours * 1e3, "reference_ms": t_ref * 1e3, "speedup": t_ref / t_ours})
     return rows
-
-
-def _agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Top-1 agreement and mean top-5 overlap of two logit batches."""
-    ta, tb = a.topk(5, dim=1).indices, b.topk(5, dim=1).indices
-    top1 = float((ta[:, 0] == tb[:, 0]).float().mean())
-    overlap = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(ta, tb, strict=True)) / (5 * len(a))
-    return top1, overlap
 
 
 def _conv_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Conv2d, torch.Tensor]]:
@@ -115,7 +107,7 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
             retain_freed_memory()
             t_ours = time_call(lambda x=xc: serving(x))
             t_int8 = time_call(lambda x=xc: int8(x))
-            top1, overlap = _agreement(int8(xc), expected)
+            top1, overlap = agreement(int8(xc), expected)
             # the serving path's ten convolutions alone, on the inputs they see: no fp32 path can
             # beat the reference by more than t_ref / t_conv without faster convolutions
             convs = _conv_inputs(serving, xc)
@@ -190,7 +182,7 @@ def _fmnist_test(predictor: Any, limit: int | None = None) -> tuple[list[torch.T
     return batches, src.labels[:n]
 
 
-def bench_agreement(weights: Path) -> dict[str, Any]:
+def benchagreement(weights: Path) -> dict[str, Any]:
     """On the 10,000 Fashion-MNIST test images with the default model: int8 against fp32 (top-1
     agreement, top-5 overlap, accuracy), and the fp32 serving path against the plain reference
     (top-5 identical)."""
@@ -206,7 +198,7 @@ def bench_agreement(weights: Path) -> dict[str, Any]:
             out["int8"].append(int8.forward(b)[0])
             out["reference"].append(ref(b))
     f, i, r = (torch.cat(out[k]) for k in ("fp32", "int8", "reference"))
-    top1, overlap = _agreement(i, f)
+    top1, overlap = agreement(i, f)
     top5_same = float((f.topk(5, dim=1).indices == r.topk(5, dim=1).indices).all(dim=1).float().mean())
     return {
         "images": len(labels),
@@ -312,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train = [bench_train_step(batch=b) for b in (128, 256)]
     agree = extract = None
     if args.weights.is_file():
-        agree, extract = bench_agreement(args.weights), bench_extract(args.weights)
+        agree, extract = benchagreement(args.weights), bench_extract(args.weights)
     else:
         print(f"({args.weights} not found: `make run` trains it; int8 agreement and extraction skipped)")
     print("# LRN: model.layers.LocalResponseNorm vs torch.nn.LocalResponseNorm")

@@ -33,7 +33,7 @@ import torch
 
 from bench.common import machine, percentile, table
 from bench.decode_bench import encode, photographs, resampled
-from bench.service_bench import load, multipart_request
+from bench.service_bench import exchange, load, multipart_request
 from model.alexnet import alexnet
 from model.preprocess import Preset
 from model.weights import WeightsMeta, save_weights
@@ -71,24 +71,6 @@ def _raise_open_files_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
-    """Send one request, read its answer: (status, whether the server keeps the connection open)."""
-    writer.write(request)
-    await writer.drain()
-    line = await reader.readline()
-    if not line:
-        raise ConnectionResetError("closed before answering")
-    status, length, keep = int(line.split()[1]), 0, True
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-        elif name.strip().lower() == b"connection" and value.strip().lower() == b"close":
-            keep = False  # (a refusal sent before the body was read ends the connection)
-    await reader.readexactly(length)
-    return status, keep
-
-
 async def open_loop(base: str, route: str, rate: float, seconds: float, images: list[bytes]) -> dict[str, Any]:
     """Requests due every 1/``rate`` s on a pool of keep-alive connections (a new one when all are busy)."""
     host, port = httpx.URL(base).host, httpx.URL(base).port
@@ -110,7 +92,7 @@ async def open_loop(base: str, route: str, rate: float, seconds: float, images: 
             opened += 1
         conn = idle.pop() if idle else await asyncio.open_connection(host, port)
         try:
-            status, keep = await _exchange(*conn, requests[i % len(requests)])
+            status, keep = await exchange(*conn, requests[i % len(requests)])
         except (ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
             statuses[type(e).__name__] += 1
             conn[1].close()

@@ -68,17 +68,22 @@ def multipart_request(route: str, image: bytes, host: str, api_key: str | None =
     return head.encode() + body
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
+    """Send one request, read its answer: (status, whether the server keeps the connection open)."""
     writer.write(request)
     await writer.drain()
-    status = int((await reader.readline()).split()[1])
-    length = 0
+    line = await reader.readline()
+    if not line:
+        raise ConnectionResetError("closed before answering")
+    status, length, keep = int(line.split()[1]), 0, True
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
+        elif name.strip().lower() == b"connection" and value.strip().lower() == b"close":
+            keep = False  # (a refusal sent before the body was read ends the connection)
     await reader.readexactly(length)
-    return status
+    return status, keep
 
 
 async def load(
@@ -101,7 +106,7 @@ async def load(
             j = i
             while time.monotonic() < stop:
                 t = time.perf_counter()
-                status = await _exchange(reader, writer, requests[j % len(requests)])
+                status, _ = await exchange(reader, writer, requests[j % len(requests)])
                 lat.append(time.perf_counter() - t)
                 errors += not 200 <= status < 300  # (POST /images: 201 new, 200 stored already)
                 j += concurrency
