@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(None, description="key for POST/DELETE /images; unset: those endpoints answer 403")
     device: str = Field("cpu", description="cpu, cuda:0, or cuda:0,cuda:1 (two towers)")
-    precision: Literal["fp32", "int8"] = Field("fp32", description="int8: the fc layers run with int8 weights (CPU)")
+    precision: Literal["fp32", "int8"] = Field("fp32", description="int8 (CPU): int8 convolutions (calibrated weights) and fc layers")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="info shows the access log; warning hides it")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line (with the request id)")
     cors_origins: str = Field(

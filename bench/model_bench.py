@@ -21,6 +21,7 @@ from bench.reference import from_towers
 from model.alexnet import alexnet
 from model.layers import LocalResponseNorm
 from model.predictor import serving_model
+from model.quantize import calibrate
 from model.runtime import GLIBC_DEFAULT_THRESHOLD, page_faults, retain_freed_memory
 
 
@@ -81,18 +82,50 @@ def onnx_runtime(ref: nn.Module, tmp: Path) -> Any:
     return lambda batch: session.run(None, {"x": batch})[0]
 
 
+def onnx_runtime_int8(tmp: Path, calibration: list[torch.Tensor]) -> Any:
+    """ONNX Runtime's own static int8 quantisation of the model ``onnx_runtime`` exported to ``tmp``, calibrated on
+    the same images as ours: its pre-processing (shape inference, graph optimisation), then ``quantize_static`` in the
+    QDQ format its documentation recommends for the CPU, per-channel int8 weights, uint8 activations, min-max ranges."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.batches = iter([{"x": b.numpy()} for b in calibration])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    quant_pre_process(str(tmp / "alexnet.onnx"), str(tmp / "prepared.onnx"))
+    quantize_static(str(tmp / "prepared.onnx"), str(tmp / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(tmp / "int8.onnx"), opts, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"x": batch})[0]
+
+
 def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]]:
-    """The serving path (Predictor's model: channels_last, fp32 and int8 fc) against the reference, and against
-    ONNX Runtime running the same function."""
+    """The serving path (Predictor's model: channels_last; fp32 with packed fc, int8 with static int8 convolutions
+    and int8 fc, and the int8 of fc layers alone) against the reference, and against ONNX Runtime running the same
+    function, in fp32 and in its own static int8 with the same calibration images."""
     import tempfile
 
     torch.manual_seed(0)
     net = alexnet(num_classes=1000).eval()
     ref = from_towers(net).eval()
+    calibration = [torch.randn(16, 3, 224, 224) for _ in range(2)]
     serving, _ = serving_model(copy.deepcopy(net))  # exactly as Predictor serves fp32 on the CPU
-    int8, _ = serving_model(copy.deepcopy(net), precision="int8")
+    int8, _ = serving_model(copy.deepcopy(net), precision="int8", calibration=calibrate(net, calibration))
+    int8_fc, _ = serving_model(copy.deepcopy(net), precision="int8")  # weights without calibration: fc layers only
+    ort_int8 = None
     with tempfile.TemporaryDirectory() as tmp:
         ort_run = onnx_runtime(ref, Path(tmp))
+        if ort_run is not None:
+            ort_int8 = onnx_runtime_int8(Path(tmp), calibration)
     rows = []
     for b in batches:
         x = torch.randn(b, 3, 224, 224)
@@ -107,16 +140,19 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
             retain_freed_memory()
             t_ours = time_call(lambda x=xc: serving(x))
             t_int8 = time_call(lambda x=xc: int8(x))
+            t_int8_fc = time_call(lambda x=xc: int8_fc(x))
             top1, overlap = agreement(int8(xc), expected)
             # the serving path's ten convolutions alone, on the inputs they see: no fp32 path can
             # beat the reference by more than t_ref / t_conv without faster convolutions
             convs = _conv_inputs(serving, xc)
             t_conv = time_call(lambda convs=convs: [conv(inp) for conv, inp in convs])
         t_ort: list[float] = []
-        if ort_run is not None:
+        t_ort_int8: list[float] = []
+        if ort_run is not None and ort_int8 is not None:
             xn = x.numpy()
             np.testing.assert_allclose(ort_run(xn), expected.numpy(), rtol=1e-3, atol=1e-3)
             t_ort = time_call(lambda xn=xn: ort_run(xn))
+            t_ort_int8 = time_call(lambda xn=xn: ort_int8(xn))
         rows.append(
             {
                 "batch": b,
@@ -127,6 +163,7 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
                 "reference_glibc_img_s": b / median(t_ref_glibc),
                 "fp32_vs_plain_process": median(t_ref_glibc) / median(t_ours),
                 "int8_speedup": median(t_ref) / median(t_int8),
+                "int8_fc_only_img_s": b / median(t_int8_fc),
                 "reference_p50_ms": 1e3 * median(t_ref),
                 "fp32_p50_ms": 1e3 * median(t_ours),
                 "int8_p50_ms": 1e3 * median(t_int8),
@@ -135,7 +172,13 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
                 "int8_top1_agree": top1,
                 "int8_top5_overlap": overlap,
                 **(
-                    {"ort_img_s": b / median(t_ort), "ort_p50_ms": 1e3 * median(t_ort), "fp32_vs_ort": median(t_ort) / median(t_ours)}
+                    {
+                        "ort_img_s": b / median(t_ort),
+                        "ort_p50_ms": 1e3 * median(t_ort),
+                        "fp32_vs_ort": median(t_ort) / median(t_ours),
+                        "ort_int8_img_s": b / median(t_ort_int8),
+                        "int8_vs_ort_int8": median(t_ort_int8) / median(t_int8),
+                    }
                     if t_ort
                     else {}
                 ),
@@ -185,10 +228,26 @@ def _fmnist_test(predictor: Any, limit: int | None = None) -> tuple[list[torch.T
 def benchagreement(weights: Path) -> dict[str, Any]:
     """On the 10,000 Fashion-MNIST test images with the default model: int8 against fp32 (top-1
     agreement, top-5 overlap, accuracy), and the fp32 serving path against the plain reference
-    (top-5 identical)."""
-    from model.predictor import Predictor
+    (top-5 identical). Weights exported before int8 calibration existed are calibrated in a copy first, as
+    `alexnet calibrate` would (512 training images)."""
+    import shutil
+    import tempfile
 
-    fp32, int8 = Predictor(weights), Predictor(weights, precision="int8")
+    from model.predictor import Predictor
+    from model.weights import read_meta
+
+    fp32 = Predictor(weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        calibrated = weights
+        if not read_meta(weights).calibration:
+            from training.data import open_source
+            from training.export import calibrate_weights
+
+            calibrated = Path(tmp) / weights.name
+            shutil.copyfile(weights, calibrated)
+            calibrate_weights(calibrated, open_source("fashion-mnist", split="train", size=fp32.meta.preset.resize_size))
+            print(f"({weights} has no int8 calibration: calibrated a copy on 512 training images, as `alexnet calibrate` does)")
+        int8 = Predictor(calibrated, precision="int8")
     ref = from_towers(Predictor(weights, pack=False).model).eval()
     batches, labels = _fmnist_test(fp32)
     out: dict[str, list[torch.Tensor]] = {"fp32": [], "int8": [], "reference": []}
@@ -309,7 +368,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"({args.weights} not found: `make run` trains it; int8 agreement and extraction skipped)")
     print("# LRN: model.layers.LocalResponseNorm vs torch.nn.LocalResponseNorm")
     print(table(lrn, ["case", "ours_ms", "reference_ms", "speedup"]))
-    print("\n# Forward pass, 224x224, 1000 classes: serving path (fp32: packed fc; int8: int8 fc) vs the grouped torch.nn reference")
+    print("\n# Forward pass, 224x224, 1000 classes: serving path vs the grouped torch.nn reference")
+    print("# (fp32: packed fc; int8: static int8 conv2-conv5 + int8 fc, as ALEXNET_PRECISION=int8 serves calibrated weights;")
+    print("#  int8_fc_only: weights without calibration)")
     print(
         table(
             fwd,
@@ -320,6 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "int8_img_s",
                 "fp32_speedup",
                 "int8_speedup",
+                "int8_fc_only_img_s",
                 "reference_glibc_img_s",
                 "fp32_vs_plain_process",
                 "reference_p50_ms",
@@ -334,6 +396,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print("\n# The same forward pass in ONNX Runtime (CPU provider, all graph optimisations; the reference exported to ONNX)")
     print(table(fwd, ["batch", "ort_img_s", "fp32_img_s", "fp32_vs_ort", "ort_p50_ms", "fp32_p50_ms", "reference_img_s"]))
+    print("\n# int8: ours against ONNX Runtime's static int8 (quantize_static, QDQ, per-channel, same calibration images)")
+    print(table(fwd, ["batch", "ort_int8_img_s", "int8_img_s", "int8_vs_ort_int8", "int8_speedup", "reference_img_s"]))
     print("(reference_glibc_img_s: the reference with glibc's default malloc thresholds, as a plain process runs it;")
     print(" fp32_vs_plain_process: the serving path, freed memory retained, against that)")
     print("(convs_alone_ms: the serving path's ten convolutions by themselves; fp32_speedup_bound: reference / that)")

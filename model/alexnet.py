@@ -105,7 +105,8 @@ class Tower(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.conv1.conv.weight.device  # (fc weights may be quantised packed params)
+        weight = self.conv1.conv.weight  # (fc weights may be quantised packed params; an int8 conv's is a method)
+        return (weight() if callable(weight) else weight).device
 
 
 class AlexNet(nn.Module):

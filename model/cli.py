@@ -33,6 +33,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"PCA lighting:  {'eigenvalues ' + str(p.pca_eigval) if p.pca_eigval else 'none'}")
     print(f"recipe:        {json.dumps(meta.recipe)}")
     print(f"metrics:       {json.dumps(meta.metrics)}")
+    c = meta.calibration
+    calibrated = f"calibrated on {c.get('images')} images (convolutions in int8)" if c else "not calibrated (`alexnet calibrate`)"
+    print(f"int8:          {calibrated}")
     print(f"content hash:  {meta.content_hash}")
     return 0
 

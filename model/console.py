@@ -29,12 +29,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli", "train a model with a named recipe"),
     "export": ("training.cli", "write the serving weights file from a checkpoint"),
     "evaluate": ("training.cli", "top-1/top-5 error of a weights file, single and 10-crop"),
+    "calibrate": ("training.cli", "add int8 calibration to a weights file (ALEXNET_PRECISION=int8)"),
     "index": ("index.cli", "build, add to, search and inspect a similarity index"),
     "serve": ("app.cli", "start the HTTP service"),
 }
 
 # commands that run forward passes in this process; ``serve`` applies the setting in each worker (app/main.py)
-MODEL_COMMANDS = frozenset({"classify", "train", "evaluate", "index"})
+MODEL_COMMANDS = frozenset({"classify", "train", "evaluate", "calibrate", "index"})
 
 
 def version() -> str:

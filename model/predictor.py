@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -15,25 +16,41 @@ from torch import Tensor
 from model.alexnet import AlexNet
 from model.packed import pack_linears
 from model.preprocess import eval_geometry, eval_transform, normalise_pixels, stack_pixels, ten_crop_geometry, ten_crop_transform
-from model.quantize import PRECISIONS, quantize_fc
+from model.quantize import PRECISIONS, quantize_fc, quantize_static
 from model.vectors import l2_normalise
 from model.weights import Network, WeightsMeta, load_weights
 
 __all__ = ["Prediction", "Predictor", "serving_model"]
 
+log = logging.getLogger(__name__)
+
 
 def serving_model(
-    model: Network, *, precision: str = "fp32", device: str = "cpu", input_size: int = 224, pack: bool = True
+    model: Network,
+    *,
+    precision: str = "fp32",
+    device: str = "cpu",
+    input_size: int = 224,
+    pack: bool = True,
+    calibration: dict[str, object] | None = None,
 ) -> tuple[Network, int]:
     """A loaded network in eval mode as the Predictor serves it, and how many fc layers were packed:
-    int8 fc layers (CPU), or on the CPU in fp32 oneDNN-packed fc layers (model/packed.py, faster than
+    in int8 (CPU), static int8 convolutions where the weights carry a ``calibration`` and int8 fc layers
+    (model/quantize.py); in fp32 on the CPU, oneDNN-packed fc layers (model/packed.py, faster than
     nn.Linear at small batches); channels_last, which oneDNN and cuDNN run faster. The benchmarks
     measure exactly this."""
     packed = 0
     if precision == "int8":
         if device != "cpu":
             raise ValueError("int8 precision runs on the CPU only (device must be 'cpu')")
-        model = quantize_fc(model)
+        if calibration and isinstance(model, AlexNet):
+            model = quantize_static(model, calibration)
+        else:
+            log.warning("int8: %s, so the convolutions stay fp32 and only the fc layers run in int8 (slower); "
+                        "`alexnet calibrate WEIGHTS` adds the calibration",
+                        "the weights carry no int8 calibration" if isinstance(model, AlexNet) else
+                        f"{type(model).__name__} has no int8 convolutions")  # fmt: skip
+            model = quantize_fc(model)
     elif precision != "fp32":
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model = model.eval().to(memory_format=torch.channels_last)
@@ -63,7 +80,9 @@ class Predictor:
     ) -> None:
         model, meta = load_weights(weights, device=device)
         self.precision = precision
-        model, self.packed_layers = serving_model(model, precision=precision, device=device, input_size=meta.preset.crop_size, pack=pack)
+        model, self.packed_layers = serving_model(
+            model, precision=precision, device=device, input_size=meta.preset.crop_size, pack=pack, calibration=meta.calibration
+        )
         self._setup(model, meta, device, max_batch, str(weights))
 
     @classmethod
@@ -174,5 +193,6 @@ def describe(meta: WeightsMeta) -> dict[str, object]:
         "preset": meta.preset.to_dict(),
         "recipe": meta.recipe,
         "metrics": meta.metrics,
+        "int8_calibrated": bool(meta.calibration),
         "content_hash": meta.content_hash,
     }

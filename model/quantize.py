@@ -1,31 +1,209 @@
-"""Reduced precision for serving: int8 weights for the fully connected layers.
+"""Reduced precision for serving: int8 convolutions (static, calibrated) and int8 fc layers.
 
 fc6, fc7 and fc8 hold 96% of AlexNet's weights (58.6M of 61M); at batch 1 the forward pass
 is bound by reading them (233 MB in fp32). Dynamic int8 quantisation (int8 weights, one
 scale per tensor, activations quantised on the fly, fbgemm kernels) reads a quarter of that.
-Per-channel scales agreed no better with fp32 and ran slower; dynamic int8 convolutions were
-faster but agreed too little with fp32, so the convolutions stay fp32 (bench/RESULTS.md,
-"Design figures"). Agreement with fp32 is measured by ``bench/model_bench.py``.
+Per-channel scales agreed no better with fp32 and ran slower (bench/RESULTS.md, "Design figures").
+
+The convolutions carry most of the arithmetic at larger batches, and in fp32 they already run at
+the cores' FMA peak. Past that, they run in int8 with *static* quantisation:
+- weights: symmetric per output channel (qint8), from the weights themselves;
+- activations: one affine quint8 range per tensor, fixed ahead of time by ``calibrate`` on a few
+  hundred training images (the range whose quantisation error on those images is smallest, which
+  clips rare outliers), and stored in the weights file (``WeightsMeta.calibration``);
+- conv3 -> conv4 -> conv5 -> pool5 stay in int8 from one layer to the next (one tensor's range is
+  both a layer's output and the next one's input); the LRN after conv1 and conv2 runs in fp32;
+- conv1 stays fp32 by default: it sees the signed, normalised pixels and is the layer whose
+  error spreads through all others (``first_conv``, measured in bench/RESULTS.md).
+Dynamic int8 convolutions (ranges measured per batch) were faster but agreed too little with fp32
+(96% top-5 overlap). ``bench/model_bench.py`` measures the agreement and the speed.
+
+On CPUs without VNNI, fbgemm's int8 products can saturate 16-bit sums, so activations then use
+7 bits (``reduce_range``), as PyTorch's own x86 configuration does.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["PRECISIONS", "quantize_fc"]
+from model.layers import ConvBlock, LocalResponseNorm
+
+__all__ = ["PRECISIONS", "Int8ConvBlock", "calibrate", "quantize_fc", "quantize_static"]
 
 PRECISIONS = ("fp32", "int8")
+CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+_SAMPLE = 1 << 18  # values kept per tensor and batch for choosing its range
+
+
+def _engine() -> None:
+    # fbgemm, not "x86": x86 runs these convolutions through oneDNN, whose packed weights are for one input shape;
+    # a batch of another size then ran 7x slower (35 ms instead of 5 at batch 1 after a batch of 16), every call
+    for engine in ("fbgemm", "x86"):
+        if engine in torch.backends.quantized.supported_engines:
+            torch.backends.quantized.engine = engine
+            return
 
 
 def quantize_fc(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (on the CPU, eval mode) whose ``nn.Linear`` layers run with int8 weights."""
-    if "fbgemm" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = "fbgemm"
+    _engine()
     with warnings.catch_warnings():
         # torch.ao's eager quantisation is deprecated in favour of torchao, but is what this torch ships
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         return torch.ao.quantization.quantize_dynamic(model.cpu().eval(), {nn.Linear}, dtype=torch.qint8, inplace=False)
+
+
+# -- calibration -------------------------------------------------------------------------------
+
+
+def _levels() -> int:
+    try:
+        vnni = bool(torch.cpu._is_vnni_supported())
+    except AttributeError:
+        vnni = False
+    return 255 if vnni else 127
+
+
+def _qparams(lo: float, hi: float, levels: int) -> tuple[float, int]:
+    """Scale and zero point of the affine quint8 grid that spans [lo, hi] (which always holds 0)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / levels, 1e-8)
+    return scale, int(min(levels, max(0, round(-lo / scale))))
+
+
+def _best_range(values: Tensor, levels: int) -> tuple[float, float]:
+    """The clipping range for ``values`` whose quantise-dequantise error (mean square) is smallest,
+    among ranges cut at quantiles of the two tails."""
+    v = values.float()
+    lo_all, hi_all = float(v.min()), float(v.max())
+    best: tuple[float, tuple[float, float]] | None = None
+    for q in (1.0, 0.99999, 0.9999, 0.9995, 0.999, 0.998, 0.995, 0.99):
+        lo = min(0.0, float(torch.quantile(v, 1 - q))) if q < 1 else min(0.0, lo_all)
+        hi = max(0.0, float(torch.quantile(v, q))) if q < 1 else max(0.0, hi_all)
+        scale, zp = _qparams(lo, hi, levels)
+        err = float((torch.fake_quantize_per_tensor_affine(v, scale, zp, 0, levels) - v).pow(2).mean())
+        if best is None or err < best[0]:
+            best = (err, (lo, hi))
+    assert best is not None
+    return best[1]
+
+
+def calibrate(model: nn.Module, batches: Iterable[Tensor], *, first_conv: bool = False) -> dict[str, Any]:
+    """Activation ranges for ``quantize_static``: run the fp32 ``model`` (a two-tower AlexNet in eval mode)
+    over ``batches`` (normalised images) and choose, for every convolution's input and output, the range whose
+    quantisation error is smallest. JSON-friendly: ``{"levels": .., "first_conv": .., "ranges": {"towers.0.conv2.in": [lo, hi], ...}}``."""
+    from model.alexnet import AlexNet
+
+    if not isinstance(model, AlexNet):
+        raise ValueError(f"int8 convolutions are built for the two-tower AlexNet, not {type(model).__name__}")
+    if model.training:
+        raise ValueError("calibrate() runs the model in eval mode: call model.eval() first")
+    levels = _levels()
+    samples: dict[str, list[Tensor]] = {}
+    g = torch.Generator().manual_seed(0)
+
+    def keep(name: str, t: Tensor) -> None:
+        flat = t.detach().float().reshape(-1)
+        if flat.numel() > _SAMPLE:
+            flat = flat[torch.randint(flat.numel(), (_SAMPLE,), generator=g)]
+        samples.setdefault(name, []).append(flat.cpu())
+
+    hooks = []
+    for t, tower in enumerate(model.tower_pair):
+        for name in CONVS:
+            conv = getattr(tower, name).conv
+            key = f"towers.{t}.{name}"
+            hooks.append(conv.register_forward_pre_hook(lambda _m, args, key=key: keep(f"{key}.in", args[0])))
+            hooks.append(conv.register_forward_hook(lambda _m, _a, out, key=key: keep(f"{key}.out", out.relu())))
+    seen = 0
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                model(batch.to(model.devices[0]))
+                seen += batch.shape[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    if not seen:
+        raise ValueError("calibrate() needs at least one image")
+    ranges = {k: list(_best_range(torch.cat(v), levels)) for k, v in sorted(samples.items())}
+    return {"levels": levels, "first_conv": first_conv, "images": seen, "ranges": ranges}
+
+
+# -- the int8 model ----------------------------------------------------------------------------
+
+
+class Int8ConvBlock(nn.Module):
+    """A ``ConvBlock`` with its convolution and ReLU in int8 (fbgemm's fused quantised conv+ReLU).
+
+    Takes fp32 (quantised here with the calibrated input range) or an already quantised tensor from the
+    previous block; returns fp32 where LRN follows or ``keep_int8`` is off, else int8 for the next block."""
+
+    def __init__(self, block: ConvBlock, in_range: tuple[float, float], out_range: tuple[float, float], levels: int,
+                 keep_int8: bool) -> None:  # fmt: skip
+        super().__init__()
+        from torch.ao.nn.intrinsic.quantized import ConvReLU2d
+
+        conv = block.conv
+        self.in_scale, self.in_zero_point = _qparams(*in_range, levels)
+        self.qconv = ConvReLU2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding)
+        w = conv.weight.detach().float().cpu()
+        scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-12).double()
+        qw = torch.quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
+        bias = None if conv.bias is None else conv.bias.detach().float().cpu()
+        self.qconv.set_weight_bias(qw, bias)
+        scale, zp = _qparams(*out_range, levels)
+        self.qconv.scale, self.qconv.zero_point = scale, zp
+        self.lrn = next((m for m in block if isinstance(m, LocalResponseNorm)), None)
+        self.pool = next((m for m in block if isinstance(m, nn.MaxPool2d)), None)
+        self.keep_int8 = keep_int8 and self.lrn is None
+
+    @property
+    def conv(self) -> nn.Module:
+        return self.qconv
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not x.is_quantized:
+            x = torch.quantize_per_tensor(x.contiguous(memory_format=torch.channels_last), self.in_scale, self.in_zero_point,
+                                          torch.quint8)  # fmt: skip
+        y = self.qconv(x)
+        if self.lrn is not None:
+            y = self.lrn(y.dequantize())
+        if self.pool is not None:
+            y = self.pool(y)  # max pooling commutes with the (monotone) quantisation
+        return y.dequantize() if y.is_quantized and not self.keep_int8 else y
+
+
+def quantize_static(model: nn.Module, calibration: dict[str, Any]) -> nn.Module:
+    """A copy of a two-tower AlexNet for CPU inference with int8 convolutions (``calibration`` from ``calibrate``)
+    and int8 fc layers (``quantize_fc``). conv1 stays fp32 unless it was calibrated with ``first_conv``."""
+    from model.alexnet import AlexNet
+
+    if not isinstance(model, AlexNet):
+        raise ValueError(f"int8 convolutions are built for the two-tower AlexNet, not {type(model).__name__}")
+    ranges, levels = calibration.get("ranges", {}), int(calibration.get("levels", 255))
+    if levels not in (127, 255):
+        raise ValueError(f"calibration levels must be 127 or 255, got {levels}")
+    if levels > _levels():
+        levels = 127  # calibrated on a VNNI CPU, served on one without: 7-bit grid over the same ranges
+    q = quantize_fc(model)  # a copy; the convolutions are still fp32 there
+    assert isinstance(q, AlexNet)
+    _engine()
+    convs = CONVS if calibration.get("first_conv") else CONVS[1:]
+    for t, tower in enumerate(q.tower_pair):
+        for i, name in enumerate(convs):
+            key = f"towers.{t}.{name}"
+            out_key = f"towers.{t}.{convs[i + 1]}.in" if name in ("conv3", "conv4") else f"{key}.out"
+            try:
+                in_range, out_range = tuple(ranges[f"{key}.in"]), tuple(ranges[out_key])
+            except KeyError as e:
+                raise ValueError(f"the int8 calibration has no range for {e.args[0]}: calibrate the weights again") from None
+            block = getattr(tower, name)
+            setattr(tower, name, Int8ConvBlock(block, in_range, out_range, levels, keep_int8=name in ("conv3", "conv4")))  # type: ignore[arg-type]
+    return q.eval()

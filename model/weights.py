@@ -4,7 +4,8 @@ A weights file holds the tensors and, as safetensors string metadata:
 ``format``, ``architecture``, ``class_names`` (JSON list), ``preset`` (JSON:
 input size, resize, mean/std, PCA lighting statistics), ``recipe`` (JSON: the
 training configuration), ``metrics`` (JSON: measured accuracy) and
-``content_hash`` (SHA-256 over tensor names, dtypes, shapes and bytes).
+``content_hash`` (SHA-256 over tensor names, dtypes, shapes and bytes) and, where measured,
+``int8_calibration`` (JSON: activation ranges for int8 serving, ``model.quantize.calibrate``).
 Loading recomputes the hash, so a tampered or truncated file is refused with a
 message that names it.
 """
@@ -57,6 +58,7 @@ class WeightsMeta:
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     content_hash: str = ""
+    calibration: dict[str, Any] = field(default_factory=dict)  # int8 activation ranges; {} when not calibrated
 
     @property
     def num_classes(self) -> int:
@@ -75,6 +77,7 @@ class WeightsMeta:
             "recipe": json.dumps(self.recipe, default=str),
             "metrics": json.dumps(self.metrics),
             "content_hash": self.content_hash,
+            **({"int8_calibration": json.dumps(self.calibration)} if self.calibration else {}),
         }
 
     @classmethod
@@ -89,6 +92,7 @@ class WeightsMeta:
                 recipe=json.loads(md.get("recipe", "{}")),
                 metrics=json.loads(md.get("metrics", "{}")),
                 content_hash=md.get("content_hash", ""),
+                calibration=json.loads(md.get("int8_calibration", "{}")),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise WeightsError(f"{source}: unreadable metadata ({type(e).__name__}: {e})") from e

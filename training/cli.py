@@ -60,21 +60,32 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from model.preprocess import Preset
     from training.checkpoint import load_checkpoint
     from training.data import open_source
     from training.export import export_checkpoint
     from training.recipes import TrainConfig
 
-    source = None
-    if not args.no_eval:
-        cfg = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
-        from model.preprocess import Preset
-
-        source = open_source(
-            cfg.data, split="val", data_dir=cfg.data_dir, size=cfg.resize_size or Preset.for_crop(cfg.crop_size).resize_size
-        )
-    meta = export_checkpoint(args.checkpoint, args.out, evaluate_on=source, ten_crop=args.ten_crop)
+    cfg = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
+    size = cfg.resize_size or Preset.for_crop(cfg.crop_size).resize_size
+    source = None if args.no_eval else open_source(cfg.data, split="val", data_dir=cfg.data_dir, size=size)
+    calibration = None if args.no_calibrate else open_source(cfg.data, split="train", data_dir=cfg.data_dir, size=size)
+    meta = export_checkpoint(args.checkpoint, args.out, evaluate_on=source, ten_crop=args.ten_crop, calibrate_with=calibration)
     print(f"wrote {args.out}: {meta.num_classes} classes, hash {meta.short_hash}, metrics {json.dumps(meta.metrics)}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from model.weights import read_meta
+    from training.data import open_source
+    from training.export import calibrate_weights
+
+    meta = read_meta(args.weights)
+    source = open_source(args.data, split="train", data_dir=args.data_dir, size=meta.preset.resize_size, class_names=meta.class_names)
+    meta = calibrate_weights(args.weights, source, args.images)
+    ranges = meta.calibration["ranges"]
+    print(f"{args.weights}: int8 calibration from {meta.calibration['images']} images of {args.data} ({len(ranges)} ranges); "
+          f"hash {meta.short_hash} unchanged; serve it with ALEXNET_PRECISION=int8")  # fmt: skip
     return 0
 
 
@@ -151,7 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--no-eval", action="store_true", help="skip measuring accuracy on the held-out split")
     p.add_argument("--ten-crop", action="store_true")
+    p.add_argument("--no-calibrate", action="store_true", help="skip the int8 calibration on training images")
     p.set_defaults(func=_export)
+    p = sub.add_parser(
+        "calibrate",
+        help="add int8 calibration to a weights file (ALEXNET_PRECISION=int8 then runs the convolutions in int8)",
+        description="Measures the activation ranges of the convolutions on training images and stores them in the "
+        "weights file's metadata, in place; the tensors and the content hash stay as they are.",
+    )
+    p.add_argument("weights", type=Path)
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, generated[:N], or an image folder with the model's classes")
+    p.add_argument("--data-dir", help="directory holding Fashion-MNIST's four IDX files (default: the Debian package's)")
+    p.add_argument("--images", type=int, default=512, help="calibration images (default: 512)")
+    p.set_defaults(func=_calibrate)
     p = sub.add_parser("evaluate", help="top-1/top-5 error of a weights file")
     p.add_argument("weights", type=Path)
     p.add_argument("--data", default="fashion-mnist")

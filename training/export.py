@@ -1,14 +1,20 @@
-"""Checkpoint -> serving weights file (class names, preprocessing, PCA stats, recipe, measured accuracy)."""
+"""Checkpoint -> serving weights file (class names, preprocessing, PCA stats, recipe, measured accuracy,
+int8 calibration)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from model.alexnet import AlexNet, AlexNetConfig
 from model.predictor import Predictor
 from model.preprocess import Preset
-from model.weights import WeightsMeta, save_weights
+from model.quantize import calibrate
+from model.weights import WeightsError, WeightsMeta, load_weights, save_weights
 from training.checkpoint import load_checkpoint
 from training.data import Source
 from training.evaluate import evaluate_predictor
@@ -16,10 +22,35 @@ from training.recipes import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_checkpoint"]
+__all__ = ["CALIBRATION_IMAGES", "calibrate_on", "calibrate_weights", "export_checkpoint"]
+
+CALIBRATION_IMAGES = 512  # enough: the ranges of 256 and of 1024 images served alike (bench/RESULTS.md)
 
 
-def export_checkpoint(checkpoint: Path, out: Path, *, evaluate_on: Source | None = None, ten_crop: bool = False) -> WeightsMeta:
+def calibrate_on(model: AlexNet, meta: WeightsMeta, source: Source, images: int = CALIBRATION_IMAGES) -> dict[str, Any]:
+    """int8 activation ranges (``model.quantize.calibrate``) from ``images`` images of ``source`` (a fixed random
+    choice), preprocessed exactly as serving does."""
+    predictor = Predictor.from_model(model, meta)
+    idx = torch.randperm(len(source), generator=torch.Generator().manual_seed(0))[:images].tolist()
+    batches = (predictor.preprocess([source.pil_image(i) for i in idx[a : a + 128]]) for a in range(0, len(idx), 128))
+    return calibrate(model, batches)
+
+
+def calibrate_weights(path: Path, source: Source, images: int = CALIBRATION_IMAGES) -> WeightsMeta:
+    """Add (or replace) the int8 calibration of a weights file, in place and atomically; tensors and hash unchanged."""
+    model, meta = load_weights(path)
+    if not isinstance(model, AlexNet):
+        raise WeightsError(f"{path}: int8 convolutions are built for the two-tower AlexNet, not {meta.architecture}")
+    if list(source.class_names) != list(meta.class_names):
+        raise WeightsError(f"{path}: the data set's classes {source.class_names[:4]}... differ from the model's {meta.class_names[:4]}...")
+    return save_weights(model, replace(meta, calibration=calibrate_on(model, meta, source, images)), path)
+
+
+def export_checkpoint(
+    checkpoint: Path, out: Path, *, evaluate_on: Source | None = None, ten_crop: bool = False, calibrate_with: Source | None = None
+) -> WeightsMeta:
+    """The weights file for serving: the paper's fc6 (unfolded), held-out accuracy when ``evaluate_on`` is given,
+    and the int8 calibration from ``calibrate_with`` (the training split) when given."""
     ck = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(ck["config"])
     names = tuple(ck["class_names"])
@@ -43,6 +74,9 @@ def export_checkpoint(checkpoint: Path, out: Path, *, evaluate_on: Source | None
             tc = evaluate_predictor(predictor, evaluate_on, ten_crop=True)
             metrics.update({"top1_10crop": tc["top1"], "top5_10crop": tc["top5"]})
     meta = WeightsMeta(meta.architecture, names, meta.preset, meta.recipe, metrics)
+    if calibrate_with is not None:
+        meta = replace(meta, calibration=calibrate_on(model, meta, calibrate_with))
+        log.info("int8 calibration from %d training images", meta.calibration["images"])
     saved = save_weights(model, meta, out)
     log.info("wrote %s (hash %s)", out, saved.short_hash)
     return saved

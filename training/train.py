@@ -423,7 +423,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, export: bool = True, progre
     if export and trainer.is_main and not trainer._interrupted:
         from training.export import export_checkpoint
 
-        export_checkpoint(ck, Path(cfg.out) / "model.safetensors", evaluate_on=trainer.val_src, ten_crop=cfg.eval_ten_crop)
+        export_checkpoint(
+            ck,
+            Path(cfg.out) / "model.safetensors",
+            evaluate_on=trainer.val_src,
+            ten_crop=cfg.eval_ten_crop,
+            calibrate_with=trainer.train_src,
+        )
         if trainer.metrics:
             trainer.metrics.plot()
     parallel.teardown(trainer.dist)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from model.datasets import DataError
 from model.predictor import Predictor
-from model.weights import load_weights
+from model.weights import WeightsError, load_weights, read_meta
 from training.checkpoint import load_checkpoint
 from training.metrics import MetricsLog
 from training.recipes import recipe
@@ -93,8 +94,32 @@ def test_export_cli_writes_loadable_weights(tmp_path: Path) -> None:
     assert main(["export", str(tmp_path / "checkpoint.pt"), str(out)]) == 0
     _model, meta = load_weights(out)
     assert meta.class_names == ("red", "green", "blue", "white") and "top1" in meta.metrics
+    assert meta.calibration["images"] == 256 and len(meta.calibration["ranges"]) == 20  # every conv's in and out, x2
     assert main(["evaluate", str(out), "--data", "generated:64", "--confusion", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").is_file()
+
+
+def test_calibrate_cli_adds_int8_ranges_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from model.predictor import Predictor
+    from model.quantize import Int8ConvBlock
+    from training.cli import main
+
+    train(tiny(tmp_path, max_steps=2), export=False, progress=False)
+    out = tmp_path / "plain.safetensors"
+    assert main(["export", str(tmp_path / "checkpoint.pt"), str(out), "--no-eval", "--no-calibrate"]) == 0
+    before = read_meta(out)
+    assert before.calibration == {}
+    assert main(["calibrate", str(out), "--data", "generated:64", "--images", "32"]) == 0
+    after = read_meta(out)
+    assert after.calibration["images"] == 32 and after.content_hash == before.content_hash
+    assert "hash" in capsys.readouterr().out
+    assert sum(isinstance(m, Int8ConvBlock) for m in Predictor(out, precision="int8").model.modules()) == 8
+    other = tmp_path / "other"  # a folder whose classes are not the model's
+    for name in ("cat", "dog"):
+        (other / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), "gray").save(other / name / "a.png")
+    with pytest.raises((WeightsError, DataError), match="cat"):
+        main(["calibrate", str(out), "--data", str(other)])
 
 
 @pytest.mark.slow

@@ -1,0 +1,175 @@
+"""int8 serving: calibrated static int8 convolutions (model/quantize.py) against the fp32 network they come from."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from model import quantize
+from model.alexnet import AlexNet, alexnet
+from model.layers import ConvBlock
+from model.predictor import Predictor
+from model.quantize import Int8ConvBlock, calibrate, quantize_static
+from model.weights import load_weights, read_meta, save_weights
+
+
+def _network(seed: int = 0) -> AlexNet:
+    """An AlexNet whose activations carry signal through every layer (He initialisation, zero biases), unlike
+    the paper's N(0, 0.01) start, under which every output is the same and any precision agrees."""
+    torch.manual_seed(seed)
+    net = alexnet(num_classes=10)
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias) if m.bias is not None else None
+    return net.eval()
+
+
+def _images(n: int, seed: int) -> Tensor:
+    """Smooth random images (blurred noise, normalised), 64 px."""
+    g = torch.Generator().manual_seed(seed)
+    x = nn.functional.avg_pool2d(torch.randn(n, 3, 80, 80, generator=g), 9, stride=1)[:, :, :64, :64]
+    return (x - x.mean()) / x.std()
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[AlexNet, nn.Module, dict[str, object]]:
+    net = _network()
+    cal = calibrate(net, [_images(16, seed=s) for s in range(2)])
+    return net, quantize_static(net, cal), cal
+
+
+def test_conv2_to_conv5_run_in_int8_and_stay_int8_from_conv3_to_pool5(pair: tuple[AlexNet, nn.Module, dict[str, object]]) -> None:
+    net, q, _ = pair
+    for tower in q.tower_pair:  # type: ignore[attr-defined]
+        assert type(tower.conv1) is ConvBlock  # conv1 stays fp32 unless calibrated with first_conv
+        assert all(isinstance(getattr(tower, n), Int8ConvBlock) for n in ("conv2", "conv3", "conv4", "conv5"))
+    quantized: dict[str, bool] = {}
+    hooks = [
+        getattr(q.tower_pair[0], n).register_forward_hook(lambda _m, _a, out, n=n: quantized.__setitem__(n, out.is_quantized))  # type: ignore[attr-defined]
+        for n in ("conv2", "conv3", "conv4", "conv5")
+    ]
+    with torch.inference_mode():
+        q(_images(2, seed=9))
+    for h in hooks:
+        h.remove()
+    # LRN follows conv2 (fp32); conv3 and conv4 hand int8 to the next layer; pool5 goes back to fp32 for fc6
+    assert quantized == {"conv2": False, "conv3": True, "conv4": True, "conv5": False}
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the fp32 network is left as it was
+
+
+def test_int8_agrees_with_fp32_on_images_it_was_not_calibrated_on(pair: tuple[AlexNet, nn.Module, dict[str, object]]) -> None:
+    net, q, _ = pair
+    x = _images(24, seed=5)
+    with torch.inference_mode():
+        (l32, f32), (l8, f8) = net.forward_with_fc7(x), q.forward_with_fc7(x)  # type: ignore[operator]
+    cosine = nn.functional.cosine_similarity(f32, f8, dim=1)
+    assert float(cosine.min()) > 0.99, cosine
+    assert float((l8 - l32).norm() / l32.norm()) < 0.08
+    assert float((l8.argmax(1) == l32.argmax(1)).float().mean()) >= 0.9
+    # a deliberately bad range (conv3's input squeezed 50x) must hurt: the check above can fail
+    _, _, cal = pair
+    ranges = dict(cal["ranges"])  # type: ignore[call-overload]
+    for t in (0, 1):
+        lo, hi = ranges[f"towers.{t}.conv3.in"]
+        ranges[f"towers.{t}.conv3.in"] = [lo / 50, hi / 50]
+    bad = quantize_static(net, {**cal, "ranges": ranges})
+    with torch.inference_mode():
+        worse = nn.functional.cosine_similarity(f32, bad.forward_with_fc7(x)[1], dim=1)  # type: ignore[operator]
+    assert float(worse.mean()) < float(cosine.mean()) - 0.01
+
+
+def test_batch_size_changes_no_convolution_and_little_else(pair: tuple[AlexNet, nn.Module, dict[str, object]]) -> None:
+    """A service's batches vary in size from call to call. The convolutions' ranges are fixed, so their output for
+    an image does not depend on its batch; the fc layers quantise their inputs per batch (dynamic), so the logits
+    move a little with the company an image keeps, never its class."""
+    _, q, _ = pair
+    x = _images(5, seed=3)
+    pool5: list[Tensor] = []
+    hook = q.tower_pair[0].conv5.register_forward_hook(lambda _m, _a, out: pool5.append(out))  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        whole = q(x)
+        one_by_one = torch.cat([q(x[i : i + 1]) for i in range(5)])
+        again = q(x)
+    hook.remove()
+    torch.testing.assert_close(torch.cat(pool5[1:6]), pool5[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(again, whole)
+    assert torch.equal(one_by_one.argmax(1), whole.argmax(1))
+    assert float((one_by_one.softmax(1) - whole.softmax(1)).abs().max()) < 0.05
+
+
+def test_ranges_clip_a_long_tail_where_that_lowers_the_error_and_keep_zero_on_the_grid() -> None:
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(200_000, generator=g).exp()  # log-normal: a long tail, like ReLU activations' largest values
+
+    def error(lo: float, hi: float) -> float:
+        scale, zero = quantize._qparams(lo, hi, 255)
+        return float((torch.fake_quantize_per_tensor_affine(values, scale, zero, 0, 255) - values).pow(2).mean())
+
+    lo, hi = quantize._best_range(values, 255)
+    assert lo == 0.0 and hi < 0.9 * float(values.max())  # the rarest values are clipped ...
+    assert error(lo, hi) < 0.9 * error(0.0, float(values.max()))  # ... because that quantises the rest finer
+    lone = torch.cat([torch.rand(100_000, generator=g), torch.tensor([1000.0])])
+    assert quantize._best_range(lone, 255)[1] == 1000.0  # one huge value: clipping it costs more than it saves
+    scale, zero = quantize._qparams(-1.0, 3.0, 255)
+    assert zero == 64 and scale == pytest.approx(4 / 255)  # 0.0 is exactly representable (zero point 64)
+    assert quantize._qparams(0.0, 2.0, 127) == (pytest.approx(2 / 127), 0)
+
+
+def test_first_conv_and_seven_bit_activations(pair: tuple[AlexNet, nn.Module, dict[str, object]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """conv1 in int8 on request; a CPU without VNNI gets 7-bit activations, also from a file calibrated on one with it."""
+    net, _, _ = pair
+    x = _images(8, seed=6)
+    cal = calibrate(net, [_images(16, seed=0)], first_conv=True)
+    monkeypatch.setattr(quantize, "_levels", lambda: 127)
+    q = quantize_static(net, cal)
+    assert isinstance(q.tower_pair[0].conv1, Int8ConvBlock) and q.tower_pair[0].conv2.qconv.zero_point == 0  # type: ignore[attr-defined]
+    assert q.tower_pair[0].conv2.in_scale == pytest.approx(cal["ranges"]["towers.0.conv2.in"][1] / 127)  # type: ignore[attr-defined,index]
+    with torch.inference_mode():
+        cosine = nn.functional.cosine_similarity(net.embed(x), q.embed(x), dim=1)  # type: ignore[operator]
+    assert float(cosine.min()) > 0.97
+
+
+def test_bad_calibrations_are_refused_with_a_reason(pair: tuple[AlexNet, nn.Module, dict[str, object]]) -> None:
+    net, _, cal = pair
+    ranges = {k: v for k, v in cal["ranges"].items() if k != "towers.1.conv4.in"}  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"no range for towers\.1\.conv4\.in.*calibrate"):
+        quantize_static(net, {**cal, "ranges": ranges})
+    with pytest.raises(ValueError, match="levels must be 127 or 255"):
+        quantize_static(net, {**cal, "levels": 16})
+    with pytest.raises(ValueError, match="eval mode"):
+        calibrate(copy.deepcopy(net).train(), [_images(2, seed=0)])
+    with pytest.raises(ValueError, match="at least one image"):
+        calibrate(net, [])
+    with pytest.raises(ValueError, match="two-tower AlexNet"):
+        calibrate(nn.Sequential(nn.Conv2d(3, 3, 3)), [_images(2, seed=0)])
+
+
+def test_calibration_travels_in_the_weights_file_and_the_predictor_uses_it(
+    small_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, meta = load_weights(small_weights)
+    assert meta.calibration == {}
+    with caplog.at_level(logging.WARNING, logger="model.predictor"):
+        fc_only = Predictor(small_weights, precision="int8")  # not calibrated: int8 fc, fp32 convolutions
+    assert "no int8 calibration" in caplog.text and "alexnet calibrate" in caplog.text
+    assert not any(isinstance(m, Int8ConvBlock) for m in fc_only.model.modules())
+
+    path = tmp_path / "calibrated.safetensors"
+    cal = calibrate(model, [_images(8, seed=0)])
+    saved = save_weights(model, replace(meta, calibration=cal), path)
+    assert saved.content_hash == meta.content_hash  # metadata, not tensors
+    assert read_meta(path).calibration == cal  # through JSON and back, exactly
+    int8 = Predictor(path, precision="int8")
+    assert sum(isinstance(m, Int8ConvBlock) for m in int8.model.modules()) == 8
+    assert not any(isinstance(m, Int8ConvBlock) for m in Predictor(path).model.modules())  # fp32 ignores it
+    images = _images(4, seed=1)
+    fp32 = Predictor(path)
+    (l32, _), (l8, _) = fp32.forward(images), int8.forward(images)
+    assert torch.isfinite(l8).all() and l8.shape == l32.shape
