@@ -109,9 +109,9 @@ def onnx_runtime_int8(tmp: Path, calibration: list[torch.Tensor]) -> Any:
 
 
 def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]]:
-    """The serving path (Predictor's model: channels_last; fp32 with packed fc, int8 with static int8 convolutions
-    and int8 fc, and the int8 of fc layers alone) against the reference, and against ONNX Runtime running the same
-    function, in fp32 and in its own static int8 with the same calibration images."""
+    """The serving path (Predictor's model: channels_last; fp32 with packed fc; int8 with static int8 conv2-conv5,
+    fc6 and fc7; and the dynamic int8 fc layers that uncalibrated weights get) against the reference, and against
+    ONNX Runtime running the same function, in fp32 and in its own static int8 with the same calibration images."""
     import tempfile
 
     torch.manual_seed(0)
@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("# LRN: model.layers.LocalResponseNorm vs torch.nn.LocalResponseNorm")
     print(table(lrn, ["case", "ours_ms", "reference_ms", "speedup"]))
     print("\n# Forward pass, 224x224, 1000 classes: serving path vs the grouped torch.nn reference")
-    print("# (fp32: packed fc; int8: static int8 conv2-conv5 + int8 fc, as ALEXNET_PRECISION=int8 serves calibrated weights;")
-    print("#  int8_fc_only: weights without calibration)")
+    print("# (fp32: packed fc; int8: static int8 conv2-conv5, fc6, fc7, as ALEXNET_PRECISION=int8 serves calibrated weights;")
+    print("#  int8_fc_only: dynamic int8 fc layers, what weights without calibration get)")
     print(
         table(
             fwd,

@@ -40,6 +40,7 @@ from model.weights import WeightsMeta, save_weights
 
 SIZES = (0.3, 2, 12)
 MAX_CONNECTIONS = 4000  # the open-loop client's own bound (file descriptors)
+KEEPALIVE_EXPIRY = 4.0  # s: under uvicorn's 5 s keep-alive timeout, as httpx's 5 s default sits at or under servers'
 
 
 def make_default_shaped_weights(path: Path) -> None:
@@ -72,25 +73,41 @@ def _raise_open_files_limit() -> None:
 
 
 async def open_loop(base: str, route: str, rate: float, seconds: float, images: list[bytes]) -> dict[str, Any]:
-    """Requests due every 1/``rate`` s on a pool of keep-alive connections (a new one when all are busy)."""
+    """Requests due every 1/``rate`` s on a pool of keep-alive connections (a new one when all are busy).
+
+    Like httpx's pool (``keepalive_expiry``, 5 s), the client does not reuse a connection that has sat idle
+    longer than the server keeps one open (uvicorn's ``timeout_keep_alive``, 5 s): reusing it would send a
+    request into a socket the server is closing, which no server can answer."""
     host, port = httpx.URL(base).host, httpx.URL(base).port
     requests = [multipart_request(route, im, f"{host}:{port}") for im in images]
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
     statuses: Counter[int | str] = Counter()
     accepted: list[float] = []
     rss: list[float | None] = []
     start = time.perf_counter()
 
-    opened = 0
+    opened = expired = 0
+
+    def reusable() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        nonlocal opened, expired
+        while idle:
+            reader, writer, since = idle.pop()
+            if time.perf_counter() - since < KEEPALIVE_EXPIRY and not reader.at_eof():
+                return reader, writer
+            writer.close()
+            opened -= 1
+            expired += 1
+        return None
 
     async def one(i: int, due: float) -> None:
         nonlocal opened
-        if not idle and opened >= MAX_CONNECTIONS:
-            statuses["not sent: client at its connection limit"] += 1
-            return
-        if not idle:
+        conn = reusable()
+        if conn is None:
+            if opened >= MAX_CONNECTIONS:
+                statuses["not sent: client at its connection limit"] += 1
+                return
             opened += 1
-        conn = idle.pop() if idle else await asyncio.open_connection(host, port)
+            conn = await asyncio.open_connection(host, port)
         try:
             status, keep = await exchange(*conn, requests[i % len(requests)])
         except (ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
@@ -102,7 +119,7 @@ async def open_loop(base: str, route: str, rate: float, seconds: float, images: 
         if status == 200:
             accepted.append(time.perf_counter() - due)
         if keep:
-            idle.append(conn)
+            idle.append((*conn, time.perf_counter()))
         else:
             conn[1].close()
             opened -= 1
@@ -119,7 +136,7 @@ async def open_loop(base: str, route: str, rate: float, seconds: float, images: 
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
-    for _, w in idle:
+    for _, w, _ in idle:
         w.close()
     memory = [m for m in rss if m is not None]
     tenth = max(1, len(memory) // 10)
@@ -127,6 +144,7 @@ async def open_loop(base: str, route: str, rate: float, seconds: float, images: 
         "rate": rate,
         "sent": n,
         "connections": opened,
+        "expired_idle": expired,
         "statuses": dict(statuses),
         "accepted_rps": len(accepted) / seconds,
         "accepted_p50_ms": 1e3 * percentile(accepted, 50) if accepted else 0.0,

@@ -1,29 +1,31 @@
-"""Reduced precision for serving: int8 convolutions (static, calibrated) and int8 fc layers.
+"""Reduced precision for serving: int8 (``ALEXNET_PRECISION=int8``), static and calibrated.
 
-fc6, fc7 and fc8 hold 96% of AlexNet's weights (58.6M of 61M); at batch 1 the forward pass
-is bound by reading them (233 MB in fp32). Dynamic int8 quantisation (int8 weights, one
-scale per tensor, activations quantised on the fly, fbgemm kernels) reads a quarter of that.
-Per-channel scales agreed no better with fp32 and ran slower (bench/RESULTS.md, "Design figures").
+Static quantisation, calibrated ahead of time (``quantize_static``), where the weights file carries the
+activation ranges (``WeightsMeta.calibration``, written at export or by ``alexnet calibrate``):
+- weights: symmetric int8 per output channel, from the weights themselves;
+- activations: one affine uint8 range per tensor, fixed by ``calibrate`` on 512 training images (the
+  range whose quantisation error on those images is smallest, which clips the rarest values);
+- conv2-conv5 run as fbgemm's fused int8 conv+ReLU; conv3 -> conv4 -> conv5 -> pool5 stay int8 from one
+  layer to the next (a tensor's range is one layer's output and the next one's input); the LRN after
+  conv2 runs in fp32;
+- conv1 stays fp32 by default: it sees the signed, normalised pixels and its error spreads through every
+  later layer (``first_conv`` puts it in int8 too; bench/RESULTS.md has both);
+- fc6 and fc7 (96% of the weights with fc8; at batch 1 the pass is bound by reading them) run in int8
+  with static input ranges, so an image's answer never depends on the batch it shares; fc8, the logits,
+  stays fp32.
+The convolutions in fp32 already run at the cores' FMA peak; int8 is the way past it.
 
-The convolutions carry most of the arithmetic at larger batches, and in fp32 they already run at
-the cores' FMA peak. Past that, they run in int8 with *static* quantisation:
-- weights: symmetric per output channel (qint8), from the weights themselves;
-- activations: one affine quint8 range per tensor, fixed ahead of time by ``calibrate`` on a few
-  hundred training images (the range whose quantisation error on those images is smallest, which
-  clips rare outliers), and stored in the weights file (``WeightsMeta.calibration``);
-- conv3 -> conv4 -> conv5 -> pool5 stay in int8 from one layer to the next (one tensor's range is
-  both a layer's output and the next one's input); the LRN after conv1 and conv2 runs in fp32;
-- conv1 stays fp32 by default: it sees the signed, normalised pixels and is the layer whose
-  error spreads through all others (``first_conv``, measured in bench/RESULTS.md).
-Dynamic int8 convolutions (ranges measured per batch) were faster but agreed too little with fp32
-(96% top-5 overlap). ``bench/model_bench.py`` measures the agreement and the speed.
+Weights without calibration get ``quantize_fc``: dynamic int8 fc layers (input ranges measured per
+batch) and fp32 convolutions. Dynamic int8 convolutions were faster but agreed too little with fp32
+(96% top-5 overlap). ``bench/model_bench.py`` measures agreement and speed.
 
 On CPUs without VNNI, fbgemm's int8 products can saturate 16-bit sums, so activations then use
-7 bits (``reduce_range``), as PyTorch's own x86 configuration does.
+7 bits, as PyTorch's own x86 configuration does.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -33,9 +35,12 @@ from torch import Tensor, nn
 
 from model.layers import ConvBlock, LocalResponseNorm
 
-__all__ = ["PRECISIONS", "Int8ConvBlock", "calibrate", "quantize_fc", "quantize_static"]
+__all__ = ["PRECISIONS", "Int8ConvBlock", "Int8Linear", "calibrate", "quantize_fc", "quantize_static"]
 
 PRECISIONS = ("fp32", "int8")
+# torch.ao's quantised tensors are deprecated in favour of torchao, but are what this torch ships, and serve
+# here as documented; the warning says nothing a user of this service can act on
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel", category=UserWarning)
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 _SAMPLE = 1 << 18  # values kept per tensor and batch for choosing its range
 
@@ -121,6 +126,9 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor], *, first_conv: bool =
             key = f"towers.{t}.{name}"
             hooks.append(conv.register_forward_pre_hook(lambda _m, args, key=key: keep(f"{key}.in", args[0])))
             hooks.append(conv.register_forward_hook(lambda _m, _a, out, key=key: keep(f"{key}.out", out.relu())))
+        for name in ("fc7", "fc8"):  # their inputs: fc6's and fc7's outputs after ReLU (fc6's input is pool5's)
+            key = f"towers.{t}.{name}.in"
+            hooks.append(getattr(tower, name).register_forward_pre_hook(lambda _m, args, key=key: keep(key, args[0])))
     seen = 0
     try:
         with torch.inference_mode():
@@ -153,11 +161,7 @@ class Int8ConvBlock(nn.Module):
         conv = block.conv
         self.in_scale, self.in_zero_point = _qparams(*in_range, levels)
         self.qconv = ConvReLU2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding)
-        w = conv.weight.detach().float().cpu()
-        scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-12).double()
-        qw = torch.quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
-        bias = None if conv.bias is None else conv.bias.detach().float().cpu()
-        self.qconv.set_weight_bias(qw, bias)
+        self.qconv.set_weight_bias(_per_channel(conv.weight), None if conv.bias is None else conv.bias.detach().float().cpu())
         scale, zp = _qparams(*out_range, levels)
         self.qconv.scale, self.qconv.zero_point = scale, zp
         self.lrn = next((m for m in block if isinstance(m, LocalResponseNorm)), None)
@@ -180,6 +184,31 @@ class Int8ConvBlock(nn.Module):
         return y.dequantize() if y.is_quantized and not self.keep_int8 else y
 
 
+class Int8Linear(nn.Module):
+    """fc6 or fc7 (with its ReLU) in int8 with a static input range: the same answer for an image whatever batch
+    it shares, unlike dynamic quantisation, whose input range is the batch's. fp32 in, fp32 out."""
+
+    def __init__(self, linear: nn.Linear, in_range: tuple[float, float], out_range: tuple[float, float], levels: int) -> None:
+        super().__init__()
+        from torch.ao.nn.intrinsic.quantized import LinearReLU
+
+        self.in_scale, self.in_zero_point = _qparams(*in_range, levels)
+        self.qlinear = LinearReLU(linear.in_features, linear.out_features, dtype=torch.qint8)
+        self.qlinear.set_weight_bias(_per_channel(linear.weight), None if linear.bias is None else linear.bias.detach().float().cpu())
+        self.qlinear.scale, self.qlinear.zero_point = _qparams(*out_range, levels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = torch.quantize_per_tensor(x.contiguous(), self.in_scale, self.in_zero_point, torch.quint8)
+        return self.qlinear(q).dequantize()
+
+
+def _per_channel(weight: Tensor) -> Tensor:
+    """Symmetric int8, one scale per output channel (row)."""
+    w = weight.detach().float().cpu()
+    scales = (w.flatten(1).abs().amax(dim=1) / 127).clamp(min=1e-12).double()
+    return torch.quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
+
+
 def quantize_static(model: nn.Module, calibration: dict[str, Any]) -> nn.Module:
     """A copy of a two-tower AlexNet for CPU inference with int8 convolutions (``calibration`` from ``calibrate``)
     and int8 fc layers (``quantize_fc``). conv1 stays fp32 unless it was calibrated with ``first_conv``."""
@@ -192,8 +221,9 @@ def quantize_static(model: nn.Module, calibration: dict[str, Any]) -> nn.Module:
         raise ValueError(f"calibration levels must be 127 or 255, got {levels}")
     if levels > _levels():
         levels = 127  # calibrated on a VNNI CPU, served on one without: 7-bit grid over the same ranges
-    q = quantize_fc(model)  # a copy; the convolutions are still fp32 there
-    assert isinstance(q, AlexNet)
+    if model.fc6_folded:
+        raise ValueError("fc6 is folded (training form): call unfold_fc6() before quantize_static")
+    q = copy.deepcopy(model).cpu().eval()
     _engine()
     convs = CONVS if calibration.get("first_conv") else CONVS[1:]
     for t, tower in enumerate(q.tower_pair):
@@ -206,4 +236,17 @@ def quantize_static(model: nn.Module, calibration: dict[str, Any]) -> nn.Module:
                 raise ValueError(f"the int8 calibration has no range for {e.args[0]}: calibrate the weights again") from None
             block = getattr(tower, name)
             setattr(tower, name, Int8ConvBlock(block, in_range, out_range, levels, keep_int8=name in ("conv3", "conv4")))  # type: ignore[arg-type]
-    return q.eval()
+        # fc6 reads pool5 (conv5's output range); fc6's output is fc7's input, fc7's is fc8's; fc8 (the logits) stays fp32
+        for name, in_key, out_key in (("fc6", "conv5.out", "fc7.in"), ("fc7", "fc7.in", "fc8.in")):
+            try:
+                in_range, out_range = tuple(ranges[f"towers.{t}.{in_key}"]), tuple(ranges[f"towers.{t}.{out_key}"])
+            except KeyError as e:
+                raise ValueError(f"the int8 calibration has no range for {e.args[0]}: calibrate the weights again") from None
+            setattr(tower, name, Int8Linear(getattr(tower, name), in_range, out_range, levels))  # type: ignore[arg-type]
+        # fc8 with fp16 weights and fp32 activations: half the bytes to read (at batch 1 the pass reads every weight
+        # once; fp32 fc8 took 0.26 ms of 4.9), and no activation range, so still the same answer at any batch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            tower.fc8 = torch.ao.quantization.quantize_dynamic(nn.Sequential(tower.fc8), {nn.Linear}, dtype=torch.float16)[0]
+    return q

@@ -94,7 +94,7 @@ def test_export_cli_writes_loadable_weights(tmp_path: Path) -> None:
     assert main(["export", str(tmp_path / "checkpoint.pt"), str(out)]) == 0
     _model, meta = load_weights(out)
     assert meta.class_names == ("red", "green", "blue", "white") and "top1" in meta.metrics
-    assert meta.calibration["images"] == 256 and len(meta.calibration["ranges"]) == 20  # every conv's in and out, x2
+    assert meta.calibration["images"] == 256 and len(meta.calibration["ranges"]) == 24  # every conv's in and out, fc7's and fc8's in, x2
     assert main(["evaluate", str(out), "--data", "generated:64", "--confusion", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").is_file()
 
