@@ -43,6 +43,7 @@ PRECISIONS = ("fp32", "int8")
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel", category=UserWarning)
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 _SAMPLE = 1 << 18  # values kept per tensor and batch for choosing its range
+_MAX_VALUES = 1 << 22  # and per tensor in all (torch.quantile refuses inputs past 2^24 values)
 
 
 def _engine() -> None:
@@ -99,10 +100,16 @@ def _best_range(values: Tensor, levels: int) -> tuple[float, float]:
     return best[1]
 
 
+def _at_most(values: Tensor, n: int, g: torch.Generator) -> Tensor:
+    """``values``, or ``n`` of them drawn at random (with replacement) where there are more."""
+    return values[torch.randint(values.numel(), (n,), generator=g)] if values.numel() > n else values
+
+
 def calibrate(model: nn.Module, batches: Iterable[Tensor], *, first_conv: bool = False) -> dict[str, Any]:
     """Activation ranges for ``quantize_static``: run the fp32 ``model`` (a two-tower AlexNet in eval mode)
-    over ``batches`` (normalised images) and choose, for every convolution's input and output, the range whose
-    quantisation error is smallest. JSON-friendly: ``{"levels": .., "first_conv": .., "ranges": {"towers.0.conv2.in": [lo, hi], ...}}``."""
+    over ``batches`` (normalised images) and choose, for every convolution's input and output and for fc7's and fc8's
+    inputs, the range whose quantisation error is smallest (on a random sample of at most 2^22 values each).
+    JSON-friendly: ``{"levels": .., "first_conv": .., "images": .., "ranges": {"towers.0.conv2.in": [lo, hi], ...}}``."""
     from model.alexnet import AlexNet
 
     if not isinstance(model, AlexNet):
@@ -114,10 +121,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor], *, first_conv: bool =
     g = torch.Generator().manual_seed(0)
 
     def keep(name: str, t: Tensor) -> None:
-        flat = t.detach().float().reshape(-1)
-        if flat.numel() > _SAMPLE:
-            flat = flat[torch.randint(flat.numel(), (_SAMPLE,), generator=g)]
-        samples.setdefault(name, []).append(flat.cpu())
+        samples.setdefault(name, []).append(_at_most(t.detach().float().reshape(-1).cpu(), _SAMPLE, g))
 
     hooks = []
     for t, tower in enumerate(model.tower_pair):
@@ -140,7 +144,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor], *, first_conv: bool =
             h.remove()
     if not seen:
         raise ValueError("calibrate() needs at least one image")
-    ranges = {k: list(_best_range(torch.cat(v), levels)) for k, v in sorted(samples.items())}
+    ranges = {k: list(_best_range(_at_most(torch.cat(v), _MAX_VALUES, g), levels)) for k, v in sorted(samples.items())}
     return {"levels": levels, "first_conv": first_conv, "images": seen, "ranges": ranges}
 
 

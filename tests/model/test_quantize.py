@@ -170,3 +170,19 @@ def test_calibration_travels_in_the_weights_file_and_the_predictor_uses_it(
     fp32 = Predictor(path)
     (l32, _), (l8, _) = fp32.forward(images), int8.forward(images)
     assert torch.isfinite(l8).all() and l8.shape == l32.shape
+
+
+def test_many_calibration_images_are_sampled_not_refused(pair: tuple[AlexNet, nn.Module, dict[str, object]],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """torch.quantile refuses more than 2^24 values, which 64 batches of 128 images would pass: each tensor's values
+    are sampled down first (here to 5,000, to be quick)."""
+    net, _, _ = pair
+    monkeypatch.setattr(quantize, "_MAX_VALUES", 5000)
+    monkeypatch.setattr(quantize, "_SAMPLE", 3000)
+    sizes: list[int] = []
+    real = quantize._best_range
+    monkeypatch.setattr(quantize, "_best_range", lambda v, levels: sizes.append(v.numel()) or real(v, levels))
+    cal = calibrate(net, [_images(2, seed=s) for s in range(3)])
+    assert cal["images"] == 6 and len(cal["ranges"]) == 24
+    assert max(sizes) == 5000  # 3 batches of up to 3,000 values each, sampled down to 5,000
+    assert all(hi > 0 for _, hi in cal["ranges"].values())
