@@ -281,9 +281,10 @@ class AlexNet(nn.Module):
         function and the same gradients, with fc6's cost cut by 36 / (h*w).
         """
         hw = x.shape[-2] * x.shape[-1]
-        if isinstance(tower.fc6, FoldedFc6):
-            if tuple(x.shape[-2:]) != tower.fc6.pool5:
-                ph, pw = tower.fc6.pool5
+        folded = getattr(tower.fc6, "pool5", None)  # FoldedFc6, or an int8 fc6 made from one (model/quantize.py)
+        if folded is not None:
+            if tuple(x.shape[-2:]) != folded:
+                ph, pw = folded
                 raise ValueError(f"fc6 is folded for a {ph}x{pw} pool5 map, got {tuple(x.shape[-2:])}; call unfold_fc6() first")
             return tower.fc6(torch.flatten(x, 1))
         if x.shape[-2:] == (6, 6):

@@ -44,7 +44,7 @@ def serving_model(
         if device != "cpu":
             raise ValueError("int8 precision runs on the CPU only (device must be 'cpu')")
         if calibration and isinstance(model, AlexNet):
-            model = quantize_static(model, calibration)
+            model = quantize_static(model, calibration, input_size)
         else:
             log.warning("int8: %s, so the convolutions stay fp32 and only the fc layers run in int8 (slower); "
                         "`alexnet calibrate WEIGHTS` adds the calibration",

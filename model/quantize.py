@@ -12,7 +12,7 @@ activation ranges (``WeightsMeta.calibration``, written at export or by ``alexne
   later layer (``first_conv`` puts it in int8 too; bench/RESULTS.md has both);
 - fc6 and fc7 (96% of the weights with fc8; at batch 1 the pass is bound by reading them) run in int8
   with static input ranges, so an image's answer never depends on the batch it shares; fc8, the logits,
-  stays fp32.
+  has fp16 weights and fp32 arithmetic. At small inputs fc6 is folded first, as in training.
 The convolutions in fp32 already run at the cores' FMA peak; int8 is the way past it.
 
 Weights without calibration get ``quantize_fc``: dynamic int8 fc layers (input ranges measured per
@@ -200,6 +200,7 @@ class Int8Linear(nn.Module):
         self.qlinear = LinearReLU(linear.in_features, linear.out_features, dtype=torch.qint8)
         self.qlinear.set_weight_bias(_per_channel(linear.weight), None if linear.bias is None else linear.bias.detach().float().cpu())
         self.qlinear.scale, self.qlinear.zero_point = _qparams(*out_range, levels)
+        self.pool5: tuple[int, int] | None = getattr(linear, "pool5", None)  # folded fc6 (``AlexNet.fold_fc6``)
 
     def forward(self, x: Tensor) -> Tensor:
         q = torch.quantize_per_tensor(x.contiguous(), self.in_scale, self.in_zero_point, torch.quint8)
@@ -213,10 +214,12 @@ def _per_channel(weight: Tensor) -> Tensor:
     return torch.quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
 
 
-def quantize_static(model: nn.Module, calibration: dict[str, Any]) -> nn.Module:
-    """A copy of a two-tower AlexNet for CPU inference with int8 convolutions (``calibration`` from ``calibrate``)
-    and int8 fc layers (``quantize_fc``). conv1 stays fp32 unless it was calibrated with ``first_conv``."""
-    from model.alexnet import AlexNet
+def quantize_static(model: nn.Module, calibration: dict[str, Any], input_size: int | None = None) -> nn.Module:
+    """A copy of a two-tower AlexNet for CPU inference in int8 (``calibration`` from ``calibrate``). conv1 stays
+    fp32 unless it was calibrated with ``first_conv``. With ``input_size`` (the crop the model is served at) small
+    enough that pool5 is under 6x6, fc6 is folded first (``AlexNet.fold_fc6``), as training does: 36x less of it
+    to read at 64 px; the model then takes that size only."""
+    from model.alexnet import AlexNet, pool5_size
 
     if not isinstance(model, AlexNet):
         raise ValueError(f"int8 convolutions are built for the two-tower AlexNet, not {type(model).__name__}")
@@ -228,6 +231,9 @@ def quantize_static(model: nn.Module, calibration: dict[str, Any]) -> nn.Module:
     if model.fc6_folded:
         raise ValueError("fc6 is folded (training form): call unfold_fc6() before quantize_static")
     q = copy.deepcopy(model).cpu().eval()
+    side = pool5_size(input_size) if input_size else 6
+    if side < 6 and 6 % side == 0:  # small inputs (1x1 pool5 at 64 px): fc6 reads 256 side^2 values, not 9216 copies of them
+        q.fold_fc6((side, side))
     _engine()
     convs = CONVS if calibration.get("first_conv") else CONVS[1:]
     for t, tower in enumerate(q.tower_pair):

@@ -186,3 +186,21 @@ def test_many_calibration_images_are_sampled_not_refused(pair: tuple[AlexNet, nn
     assert cal["images"] == 6 and len(cal["ranges"]) == 24
     assert max(sizes) == 5000  # 3 batches of up to 3,000 values each, sampled down to 5,000
     assert all(hi > 0 for _, hi in cal["ranges"].values())
+
+
+def test_at_64_px_fc6_is_folded_and_answers_as_the_paper_shaped_one(pair: tuple[AlexNet, nn.Module, dict[str, object]]) -> None:
+    """At 64 px pool5 is 1x1 and the paper's fc6 reads 36 copies of each value: the int8 model for that size holds
+    fc6 folded (256 inputs), like training, and gives the same answers as the unfolded int8 model."""
+    net, unfolded, cal = pair
+    folded = quantize_static(net, cal, input_size=64)
+    fc6 = folded.tower_pair[0].fc6  # type: ignore[attr-defined]
+    assert isinstance(fc6, Int8Linear) and fc6.pool5 == (1, 1) and fc6.qlinear.in_features == 256
+    assert net.fc6_folded is None  # the served copy is folded, not the caller's network
+    x = _images(8, seed=4)
+    with torch.inference_mode():
+        f32, f_unfolded, f_folded = net.embed(x), unfolded.embed(x), folded.embed(x)  # type: ignore[operator]
+        cosine = nn.functional.cosine_similarity(f32, f_folded, dim=1)
+        assert float(cosine.min()) > 0.99
+        assert float(nn.functional.cosine_similarity(f_unfolded, f_folded, dim=1).min()) > 0.995
+        with pytest.raises(ValueError, match="folded for a 1x1 pool5 map"):
+            folded(_images(2, seed=0).repeat(1, 1, 2, 2))  # 128 px: a 3x3 pool5
