@@ -41,6 +41,18 @@ def time_call(fn: Callable[[], object], *, warmup: int = 2, min_repeats: int = 3
     return times
 
 
+def time_in_turns(fns: dict[str, Callable[[], object]], *, turns: int = 5, seconds: float = 0.25) -> dict[str, list[float]]:
+    """Per-call seconds of each function, measured in ``turns`` rounds of at least ``seconds`` (and 2 calls) each, the
+    functions taking turns: a machine's slow phase then slows all of them, and their ratios stay fair."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(turns):
+        for name, fn in fns.items():
+            times[name] += time_call(fn, warmup=0, min_repeats=2, min_seconds=seconds)
+    return times
+
+
 def agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """Top-1 agreement and mean top-5 overlap (fractions) of two logit batches."""
     k = min(5, a.shape[1])

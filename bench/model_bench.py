@@ -9,6 +9,7 @@ import copy
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import agreement, machine, median, setup_threads, table, time_call
+from bench.common import agreement, machine, median, setup_threads, table, time_call, time_in_turns
 from bench.reference import from_towers
 from model.alexnet import alexnet
 from model.layers import LocalResponseNorm
@@ -138,21 +139,23 @@ def bench_forward(batches: tuple[int, ...] = (1, 16, 64)) -> list[dict[str, Any]
             retain_freed_memory(GLIBC_DEFAULT_THRESHOLD)  # the reference as a plain process runs it
             t_ref_glibc = time_call(lambda x=x: ref(x))
             retain_freed_memory()
-            t_ours = time_call(lambda x=xc: serving(x))
-            t_int8 = time_call(lambda x=xc: int8(x))
-            t_int8_fc = time_call(lambda x=xc: int8_fc(x))
+            paths: dict[str, Callable[[], object]] = {
+                "ours": lambda x=xc: serving(x),
+                "int8": lambda x=xc: int8(x),
+                "int8_fc": lambda x=xc: int8_fc(x),
+            }
+            if ort_run is not None and ort_int8 is not None:
+                xn = x.numpy()
+                np.testing.assert_allclose(ort_run(xn), expected.numpy(), rtol=1e-3, atol=1e-3)
+                paths |= {"ort": lambda xn=xn: ort_run(xn), "ort_int8": lambda xn=xn: ort_int8(xn)}
+            # in turns, so that a slow phase of the machine falls on every path alike, not on one
+            t = time_in_turns(paths)
+            t_ours, t_int8, t_int8_fc, t_ort, t_ort_int8 = (t.get(k, []) for k in ("ours", "int8", "int8_fc", "ort", "ort_int8"))
             top1, overlap = agreement(int8(xc), expected)
             # the serving path's ten convolutions alone, on the inputs they see: no fp32 path can
             # beat the reference by more than t_ref / t_conv without faster convolutions
             convs = _conv_inputs(serving, xc)
             t_conv = time_call(lambda convs=convs: [conv(inp) for conv, inp in convs])
-        t_ort: list[float] = []
-        t_ort_int8: list[float] = []
-        if ort_run is not None and ort_int8 is not None:
-            xn = x.numpy()
-            np.testing.assert_allclose(ort_run(xn), expected.numpy(), rtol=1e-3, atol=1e-3)
-            t_ort = time_call(lambda xn=xn: ort_run(xn))
-            t_ort_int8 = time_call(lambda xn=xn: ort_int8(xn))
         rows.append(
             {
                 "batch": b,
@@ -401,7 +404,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ],
         )
     )
-    print("\n# The same forward pass in ONNX Runtime (CPU provider, all graph optimisations; the reference exported to ONNX)")
+    print("\n# The same forward pass in ONNX Runtime (CPU provider, all graph optimisations; the reference exported to ONNX);")
+    print("# ours and ORT timed in turns, five rounds of 0.25 s each")
     print(table(fwd, ["batch", "ort_img_s", "fp32_img_s", "fp32_vs_ort", "ort_p50_ms", "fp32_p50_ms", "reference_img_s"]))
     print("\n# int8: ours against ONNX Runtime's static int8 (quantize_static, QDQ, per-channel, same calibration images)")
     print(table(fwd, ["batch", "ort_int8_img_s", "int8_img_s", "int8_vs_ort_int8", "int8_speedup", "reference_img_s"]))
