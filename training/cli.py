@@ -66,10 +66,12 @@ def _export(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
     from training.recipes import TrainConfig
 
-    cfg = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
-    size = cfg.resize_size or Preset.for_crop(cfg.crop_size).resize_size
-    source = None if args.no_eval else open_source(cfg.data, split="val", data_dir=cfg.data_dir, size=size)
-    calibration = None if args.no_calibrate else open_source(cfg.data, split="train", data_dir=cfg.data_dir, size=size)
+    source = calibration = None
+    if not (args.no_eval and args.no_calibrate):  # (the checkpoint is read again by the export: only when needed)
+        cfg = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
+        size = cfg.resize_size or Preset.for_crop(cfg.crop_size).resize_size
+        source = None if args.no_eval else open_source(cfg.data, split="val", data_dir=cfg.data_dir, size=size)
+        calibration = None if args.no_calibrate else open_source(cfg.data, split="train", data_dir=cfg.data_dir, size=size)
     meta = export_checkpoint(args.checkpoint, args.out, evaluate_on=source, ten_crop=args.ten_crop, calibrate_with=calibration)
     print(f"wrote {args.out}: {meta.num_classes} classes, hash {meta.short_hash}, metrics {json.dumps(meta.metrics)}")
     return 0
@@ -166,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
     p = sub.add_parser(
         "calibrate",
-        help="add int8 calibration to a weights file (ALEXNET_PRECISION=int8 then runs the convolutions in int8)",
-        description="Measures the activation ranges of the convolutions on training images and stores them in the "
+        help="add int8 calibration to a weights file (ALEXNET_PRECISION=int8 then runs conv2-conv5, fc6 and fc7 in int8)",
+        description="Measures the activation ranges of the convolutions and fc layers on training images and stores them in the "
         "weights file's metadata, in place; the tensors and the content hash stay as they are.",
     )
     p.add_argument("weights", type=Path)
