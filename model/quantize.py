@@ -214,6 +214,14 @@ def _per_channel(weight: Tensor) -> Tensor:
     return torch.quantize_per_channel(w, scales, torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
 
 
+def _range(ranges: dict[str, list[float]], tower: int, point: str) -> tuple[float, float]:
+    key = f"towers.{tower}.{point}"
+    if key not in ranges:
+        raise ValueError(f"the int8 calibration has no range for {key}: calibrate the weights again")
+    lo, hi = ranges[key]
+    return float(lo), float(hi)
+
+
 def quantize_static(model: nn.Module, calibration: dict[str, Any], input_size: int | None = None) -> nn.Module:
     """A copy of a two-tower AlexNet for CPU inference in int8 (``calibration`` from ``calibrate``). conv1 stays
     fp32 unless it was calibrated with ``first_conv``. With ``input_size`` (the crop the model is served at) small
@@ -238,21 +246,13 @@ def quantize_static(model: nn.Module, calibration: dict[str, Any], input_size: i
     convs = CONVS if calibration.get("first_conv") else CONVS[1:]
     for t, tower in enumerate(q.tower_pair):
         for i, name in enumerate(convs):
-            key = f"towers.{t}.{name}"
-            out_key = f"towers.{t}.{convs[i + 1]}.in" if name in ("conv3", "conv4") else f"{key}.out"
-            try:
-                in_range, out_range = tuple(ranges[f"{key}.in"]), tuple(ranges[out_key])
-            except KeyError as e:
-                raise ValueError(f"the int8 calibration has no range for {e.args[0]}: calibrate the weights again") from None
-            block = getattr(tower, name)
-            setattr(tower, name, Int8ConvBlock(block, in_range, out_range, levels, keep_int8=name in ("conv3", "conv4")))  # type: ignore[arg-type]
-        # fc6 reads pool5 (conv5's output range); fc6's output is fc7's input, fc7's is fc8's; fc8 (the logits) stays fp32
-        for name, in_key, out_key in (("fc6", "conv5.out", "fc7.in"), ("fc7", "fc7.in", "fc8.in")):
-            try:
-                in_range, out_range = tuple(ranges[f"towers.{t}.{in_key}"]), tuple(ranges[f"towers.{t}.{out_key}"])
-            except KeyError as e:
-                raise ValueError(f"the int8 calibration has no range for {e.args[0]}: calibrate the weights again") from None
-            setattr(tower, name, Int8Linear(getattr(tower, name), in_range, out_range, levels))  # type: ignore[arg-type]
+            out = f"{convs[i + 1]}.in" if name in ("conv3", "conv4") else f"{name}.out"  # (int8 handed on as it is)
+            block = Int8ConvBlock(getattr(tower, name), _range(ranges, t, f"{name}.in"), _range(ranges, t, out), levels,
+                                  keep_int8=name in ("conv3", "conv4"))  # fmt: skip
+            setattr(tower, name, block)
+        # fc6 reads pool5 (conv5's output range); fc6's output is fc7's input, fc7's is fc8's
+        for name, inp, out in (("fc6", "conv5.out", "fc7.in"), ("fc7", "fc7.in", "fc8.in")):
+            setattr(tower, name, Int8Linear(getattr(tower, name), _range(ranges, t, inp), _range(ranges, t, out), levels))
         # fc8 with fp16 weights and fp32 activations: half the bytes to read (at batch 1 the pass reads every weight
         # once; fp32 fc8 took 0.26 ms of 4.9), and no activation range, so still the same answer at any batch
         with warnings.catch_warnings():
