@@ -40,7 +40,7 @@ from model.weights import WeightsMeta, save_weights
 
 SIZES = (0.3, 2, 12)
 MAX_CONNECTIONS = 4000  # the open-loop client's own bound (file descriptors)
-KEEPALIVE_EXPIRY = 4.0  # s: under uvicorn's 5 s keep-alive timeout, as httpx's 5 s default sits at or under servers'
+KEEPALIVE_EXPIRY = 4.0  # s: drop idle connections before uvicorn's 5 s keep-alive timeout closes them
 
 
 def make_default_shaped_weights(path: Path) -> None:

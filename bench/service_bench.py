@@ -81,7 +81,7 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
         if name.strip().lower() == b"content-length":
             length = int(value)
         elif name.strip().lower() == b"connection" and value.strip().lower() == b"close":
-            keep = False  # (a refusal sent before the body was read ends the connection)
+            keep = False
     await reader.readexactly(length)
     return status, keep
 
