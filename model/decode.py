@@ -24,9 +24,9 @@ import logging
 import math
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
-from model.preprocess import to_rgb
+from model.preprocess import REDUCED_INFO, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,11 @@ def decode_image(
     (1/2, 1/4, 1/8: Pillow's ``draft``) that keeps its shorter side at least ``min_side`` long and its longer
     side at least ``min_long_side``; callers pass what their resize needs, so the antialiased resize that
     follows sees enough pixels. Other formats have no such scale and decode whole. The pixel limit applies
-    to the declared size, and ``width``/``height`` report it."""
+    to the declared size, and ``width``/``height`` report it.
+
+    A reduced image carries, in ``image.info[REDUCED_INFO]``, the declared upright size and the region of
+    its own pixels that the full image covers; ``resize_shorter`` (the preprocessing's resize) uses them to
+    sample the same places as on the full decode, with the output size the full decode would get."""
     if not data:
         raise DecodeError("empty", "the file is empty (0 bytes)")
     fmt = sniff_format(data)
@@ -124,17 +128,18 @@ def decode_image(
             )
         if getattr(im, "is_animated", False):
             im.seek(0)  # first frame only; the others are never decoded
-        if fmt == "JPEG" and (min_side or min_long_side):
-            _reduce(im, width, height, min_side or 0, min_long_side or 0)
+        box = _reduce(im, width, height, min_side or 0, min_long_side or 0) if fmt == "JPEG" else None
         im.load()
         try:
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)  # what exif_transpose reads
             upright = ImageOps.exif_transpose(im) or im
         except Exception as e:  # malformed EXIF must not lose the image
             log.debug("ignoring unreadable EXIF orientation: %s", e)
-            upright = im
+            orientation, upright = 1, im
         rgb = to_rgb(upright)
         if rgb is im:
             rgb = im.copy()
+        rgb.info.pop(REDUCED_INFO, None)  # a file's own metadata (a PNG text chunk) must not pose as ours
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
@@ -144,20 +149,61 @@ def decode_image(
     except Exception as e:  # Pillow decoders raise OSError, ValueError, SyntaxError, struct.error, EOFError, ...
         raise DecodeError("corrupt", f"cannot decode {fmt} image: {type(e).__name__}: {e}") from e
     w, h = rgb.size
-    if (w, h) not in ((width, height), (height, width)):  # decoded at a reduced scale: the declared size, upright
-        w, h = (width, height) if (w >= h) == (width >= height) else (height, width)
+    if box is not None:  # the declared size, upright; a reduced decode also says how it maps onto the full image
+        w, h = (height, width) if orientation in _SWAPS_SIDES else (width, height)
+        if rgb.size != (w, h):
+            rgb.info[REDUCED_INFO] = ((w, h), _transpose_box(box, im.size, _TRANSPOSE.get(orientation)))
     return Decoded(rgb, fmt, hashlib.sha256(data).hexdigest(), w, h)
 
 
-def _reduce(im: Image.Image, width: int, height: int, min_side: int, min_long_side: int) -> None:
-    """Ask the JPEG decoder for the smallest DCT scale that keeps both sides' minimums (a no-op when even 1/2
-    would not). Pillow picks the largest scale s in 8, 4, 2 with s <= declared / requested on both sides, so
-    the decoded sides (declared / s, rounded up) are never below the request."""
+def _reduce(im: Image.Image, width: int, height: int, min_side: int, min_long_side: int) -> tuple[float, float, float, float] | None:
+    """Ask the JPEG decoder for the smallest DCT scale that keeps both sides' minimums (None, and nothing
+    asked, when even 1/2 would not, or nothing is needed). Pillow picks the largest scale s in 8, 4, 2 with
+    s <= declared / requested on both sides, so the decoded sides (declared / s, rounded up) are never below
+    the request. Returns the full image's place in the decoded one, (0, 0, width / s, height / s): when a
+    side is not a multiple of s, the last decoded row or column is partly padding."""
+    if not (min_side or min_long_side):
+        return None
     short, long = min(width, height), max(width, height)
     ratio = max(min_side / short, min_long_side / long)
     if ratio > 0.5:
-        return
-    im.draft(None, (max(1, math.ceil(width * ratio)), max(1, math.ceil(height * ratio))))  # type: ignore[arg-type]
+        return None
+    got = im.draft(None, (max(1, math.ceil(width * ratio)), max(1, math.ceil(height * ratio))))  # type: ignore[arg-type]
+    if got is None:  # the decoder cannot scale this file
+        return None
+    x0, y0, x1, y1 = got[1]
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+# EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose does)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = (5, 6, 7, 8)
+
+
+def _transpose_box(
+    box: tuple[float, float, float, float], size: tuple[int, int], method: Image.Transpose | None
+) -> tuple[float, float, float, float]:
+    """Where ``box`` (x0, y0, x1, y1) of an image of ``size`` lands after Pillow's ``transpose(method)``."""
+    (x0, y0, x1, y1), (w, h) = box, size
+    T = Image.Transpose
+    return {
+        None: (x0, y0, x1, y1),
+        T.FLIP_LEFT_RIGHT: (w - x1, y0, w - x0, y1),
+        T.FLIP_TOP_BOTTOM: (x0, h - y1, x1, h - y0),
+        T.ROTATE_180: (w - x1, h - y1, w - x0, h - y0),
+        T.ROTATE_90: (y0, w - x1, y1, w - x0),  # counter-clockwise: (x, y) -> (y, w - x)
+        T.ROTATE_270: (h - y1, x0, h - y0, x1),  # clockwise: (x, y) -> (h - y, x)
+        T.TRANSPOSE: (y0, x0, y1, x1),
+        T.TRANSVERSE: (h - y1, w - x1, h - y0, w - x0),
+    }[method]
 
 
 def encode_for_store(image: Image.Image, max_side: int = STORE_MAX_SIDE) -> tuple[bytes, str]:

@@ -16,6 +16,7 @@ import copy
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from torchvision.transforms import v2
 
 from model.datasets import DataError, ImageSet, fashion_mnist, generated_shapes, image_files, read_image
 from model.decode import DecodeError
+from model.preprocess import resize_shorter
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,8 @@ class TensorSource(ImageSet, Source):
 class _FolderDataset(Dataset[tuple[Tensor, int] | None]):
     def __init__(self, files: list[tuple[Path, int]], size: int) -> None:
         self.files, self.size = files, size
-        self.transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
+        resize = v2.Lambda(partial(resize_shorter, size=size))  # a reduced decode sampled as the full one
+        self.transform = v2.Compose([resize, v2.CenterCrop(size), v2.PILToTensor()])
 
     def __len__(self) -> int:
         return len(self.files)
