@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from model.alexnet import AlexNet
+from model.alexnet import AlexNet, pool5_size
 from model.packed import pack_linears
 from model.preprocess import eval_geometry, eval_transform, normalise_pixels, stack_pixels, ten_crop_geometry, ten_crop_transform
 from model.quantize import PRECISIONS, quantize_fc, quantize_static
@@ -54,6 +54,11 @@ def serving_model(
     elif precision != "fp32":
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model = model.eval().to(memory_format=torch.channels_last)
+    side = pool5_size(input_size)
+    if precision == "fp32" and isinstance(model, AlexNet) and 0 < side < 6 and 6 % side == 0 and model.fc6_folded is None:
+        # small inputs (1x1 pool5 at 64 px): fold the adaptive pool into fc6 once, instead of in every forward
+        # pass, which read all 37.7M of fc6's weights to do it (10.7 -> 4.0 ms at batch 1 for the default model)
+        model.fold_fc6((side, side))
     if precision == "fp32" and device == "cpu" and pack and isinstance(model, AlexNet):
         packed = pack_linears(model, input_size)
     return model, packed

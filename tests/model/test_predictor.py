@@ -162,3 +162,22 @@ def test_ten_crop_corners_come_from_the_central_square_and_softmaxes_are_average
     ten = predictor.preprocess([photo.resize((300, 200))], ten_crop=True)[0]  # (10, 3, S, S)
     by_hand = torch.stack([predictor.forward(ten[j : j + 1])[0].softmax(1)[0] for j in range(10)]).mean(0)
     torch.testing.assert_close(predictor.probabilities(ten[None])[0], by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_fp32_serving_folds_fc6_once_at_small_inputs_and_answers_as_the_file_does(small_weights: Path) -> None:
+    """At 64 px pool5 is 1x1: the served model holds fc6 folded (256 inputs per tower, not 9216), so a forward
+    pass no longer reads 37.7M weights to fold it; the logits and fc7 stay those of the paper's fc6."""
+    from model.alexnet import AlexNet, FoldedFc6
+    from model.weights import load_weights
+
+    served = Predictor(small_weights)
+    assert isinstance(served.model, AlexNet)
+    assert all(isinstance(t.fc6, FoldedFc6) and t.fc6.in_features == 256 for t in served.model.tower_pair)
+    model, meta = load_weights(small_weights)
+    assert isinstance(model, AlexNet)
+    reference = Predictor.from_model(model, meta)  # the file's layers, as they are
+    assert type(model.tower_pair[0].fc6) is torch.nn.Linear
+    x = served.pixels([_image(i) for i in range(5)])
+    (la, fa), (lb, fb) = served.forward(x), reference.forward(x)
+    assert torch.allclose(la, lb, atol=1e-4, rtol=1e-4) and torch.allclose(fa, fb, atol=1e-4, rtol=1e-4)
+    assert float((fa - fb).abs().max()) < 1e-3 * float(fb.abs().max())
