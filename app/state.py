@@ -124,7 +124,7 @@ class ServedModel:
         ]
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
 
@@ -132,13 +132,13 @@ def get_state(request: Request) -> ServiceState:
 Ctx = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_model(state: Ctx) -> ServedModel:
+async def get_model(state: Ctx) -> ServedModel:
     if state.predictor is None or state.batcher is None:
         raise HTTPException(503, f"model not loaded: {'; '.join(state.all_problems()) or 'starting'}")
     return ServedModel(state.predictor, state.batcher, state.settings)
 
 
-def get_index(state: Ctx) -> ImageIndex:
+async def get_index(state: Ctx) -> ImageIndex:
     if state.index is None:
         retry = {"Retry-After": "5"} if state.index_retryable or not state.all_problems() else None  # (starting, or the store is away)
         raise HTTPException(503, f"index not available: {'; '.join(state.all_problems()) or 'starting'}", headers=retry)

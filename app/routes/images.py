@@ -17,7 +17,7 @@ router = APIRouter(tags=["images"])
 ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 422, 503, 507)}
 
 
-def require_api_key(
+async def require_api_key(
     state: Ctx,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
     x_api_key: Annotated[str | None, Header(description="the API key")] = None,

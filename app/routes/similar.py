@@ -43,7 +43,13 @@ class SearchQuery:
         )
 
 
-Search = Annotated[SearchQuery, Depends()]
+async def search_query(
+    k: int = K, min_score: float | None = MIN_SCORE, label: list[str] | None = LABEL, exclude_label: list[str] | None = EXCLUDE_LABEL
+) -> SearchQuery:
+    return SearchQuery(k, min_score, label, exclude_label)  # (a class as the dependency would run in the threadpool)
+
+
+Search = Annotated[SearchQuery, Depends(search_query)]
 
 
 def _hits(hits: list[Hit]) -> list[SimilarHit]:

@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -231,3 +232,29 @@ def test_a_request_whose_client_has_gone_is_not_computed(tmp_path: Path, small_w
         assert sent[0]["status"] == 499 and batcher.stats.batches == before  # answered, and no forward pass ran for it
         assert "alexnet_abandoned_requests_total 1.0" in client.get("/metrics").text
         assert client.post("/classify", files=upload()).status_code == 200 and batcher.stats.batches == before + 1
+
+
+def test_no_route_dependency_runs_in_the_threadpool(tmp_path: Path, small_weights: Path) -> None:
+    """FastAPI runs a plain ``def`` dependency (or a class) in its worker threads: two thread hops per request
+    on /classify, which under overload queued behind the decoding and halved the accepted rate (bench/RESULTS.md).
+    Every dependency of every route is a coroutine function."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from app.main import create_app
+
+    def calls(dependant: Any) -> list[Any]:
+        return [c for d in dependant.dependencies for c in (d.call, *calls(d))]
+
+    def api_routes(routes: list[Any]) -> list[APIRoute]:  # through included routers, however FastAPI keeps them
+        inner = lambda r: getattr(getattr(r, "original_router", None), "routes", None) or getattr(r, "routes", None) or []  # noqa: E731
+        return [r for r in routes if isinstance(r, APIRoute)] + [
+            a for r in routes if not isinstance(r, APIRoute) for a in api_routes(inner(r))
+        ]
+
+    app = create_app(make_settings(tmp_path, small_weights))
+    routes = api_routes(app.routes)
+    found = {c for r in routes for c in calls(r.dependant)}
+    assert len(routes) > 10 and {"get_state", "get_model", "get_index", "require_api_key", "search_query"} <= {c.__name__ for c in found}
+    assert [c for c in found if not inspect.iscoroutinefunction(c)] == []
