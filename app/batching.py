@@ -54,6 +54,7 @@ class _Job:
 class _Announcement:
     def __init__(self, batcher: Batcher) -> None:
         self.batcher, self.open = batcher, True
+        self.extra = 0  # images beyond the first, once submitted
         batcher._arriving += 1
 
     def close(self) -> None:
@@ -88,6 +89,8 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_wait_busy_s = max(max_wait_busy_s, max_wait_s)
         self._arriving = 0  # requests announced and not yet submitted
+        self._open = 0  # requests announced and not yet answered: read, decoded, queued or in a forward pass
+        self._extra = 0  # the images of open requests beyond one each
         self.exclusive = exclusive
         self._idle = threading.Event()  # set while no forward pass runs
         self._idle.set()
@@ -124,11 +127,14 @@ class Batcher:
     async def announce(self) -> AsyncIterator[None]:
         """Around a request's decoding: tells the worker that images are on their way."""
         a = _Announcement(self)
+        self._open += 1
         token = _announced.set(a)
         try:
             yield
         finally:
             a.close()
+            self._open -= 1
+            self._extra -= a.extra
             _announced.reset(token)
 
     def _forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,15 +156,19 @@ class Batcher:
         return await run_in_threadpool(gated)
 
     def admit(self) -> None:
-        """Called by an announced request before its body is read: refuse it (``Overloaded``) when the images
-        waiting for the network and the other requests being read or decoded (at least one image each) reach
-        ``max_queue``. Under overload the work piles up in reading and decoding before it reaches the queue,
-        so the bound counts both; and a refused upload costs the server its headers only, not the parsing
-        and decoding of its body, so that one process can refuse requests as fast as they come."""
-        others = self._arriving - 1 if _announced.get() is not None else self._arriving
-        if self.max_queue and self._queued + others >= self.max_queue:
+        """Called by an announced request before its body is read: refuse it (``Overloaded``) when the images in
+        flight reach ``max_queue``: those of the other announced requests, from the moment they are admitted until
+        their forward pass is done (one each until their images are known), or the images waiting for the network,
+        whichever is more. Under overload the work piles up in reading and decoding before it reaches the queue, and
+        a request in its forward pass still waits for its answer, so the bound counts them all: a request admitted
+        waits for at most ``max_queue`` images ahead of it. A refused upload costs the server its headers only, not
+        the parsing and decoding of its body, so that one process can refuse requests as fast as they come."""
+        others = self._open - 1 if _announced.get() is not None else self._open
+        in_flight = max(self._queued, others + self._extra)
+        if self.max_queue and in_flight >= self.max_queue:
             raise Overloaded(
-                f"{self._queued} images are waiting for the network and {others} requests are being read (the bound is {self.max_queue})"
+                f"{others} other requests ({others + self._extra} images) are being read, decoded or computed and "
+                f"{self._queued} images wait for the network (the bound is {self.max_queue})"
             )
 
     async def submit(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -166,6 +176,9 @@ class Batcher:
         a = _announced.get()
         if a is not None:
             a.close()  # arrived
+            if not a.extra and len(images) > 1:
+                a.extra = len(images) - 1
+                self._extra += a.extra
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
         if self.max_queue and self._queued and self._queued + len(images) > self.max_queue:

@@ -53,10 +53,10 @@ class Settings(BaseSettings):
 
     max_batch: int = Field(16, ge=1, description="images per forward pass")
     max_queue_images: int = Field(
-        32,
+        16,
         ge=0,
-        description="images waiting for a forward pass plus requests being read or decoded, beyond which requests get 503 with "
-        "Retry-After at once, before their body is read (0: no bound)",
+        description="images in flight (requests being read or decoded, and images waiting for or in a forward pass) beyond "
+        "which requests get 503 with Retry-After at once, before their body is read (0: no bound)",
     )
     batch_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests to join a batch")
     batch_wait_busy_ms: float = Field(
