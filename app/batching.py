@@ -164,12 +164,22 @@ class Batcher:
         waits for at most ``max_queue`` images ahead of it. A refused upload costs the server its headers only, not
         the parsing and decoding of its body, so that one process can refuse requests as fast as they come."""
         others = self._open - 1 if _announced.get() is not None else self._open
-        in_flight = max(self._queued, others + self._extra)
-        if self.max_queue and in_flight >= self.max_queue:
-            raise Overloaded(
-                f"{others} other requests ({others + self._extra} images) are being read, decoded or computed and "
-                f"{self._queued} images wait for the network (the bound is {self.max_queue})"
-            )
+        if self._full(others):
+            raise Overloaded(self._why(others))
+
+    def saturated(self) -> str | None:
+        """Why a request not yet announced would be refused now (``admit``'s test), or None: for a check made
+        before the request reaches its route (``app.limits.EarlyRefusal``)."""
+        return self._why(self._open) if self._full(self._open) else None
+
+    def _full(self, others: int) -> bool:
+        return bool(self.max_queue) and max(self._queued, others + self._extra) >= self.max_queue
+
+    def _why(self, others: int) -> str:
+        return (
+            f"{others} other requests ({others + self._extra} images) are being read, decoded or computed and "
+            f"{self._queued} images wait for the network (the bound is {self.max_queue})"
+        )
 
     async def submit(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Logits (n, classes) and fc7 (n, 4096) for a preprocessed (n, 3, S, S) batch."""

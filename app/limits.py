@@ -1,4 +1,6 @@
-"""A pure ASGI middleware that caps request bodies before anything parses them.
+"""Pure ASGI middleware that refuses requests before anything parses them.
+
+``BodySizeLimit`` caps request bodies.
 
 A declared Content-Length over the cap is refused at once; a body that streams past
 the cap (no Content-Length, or a false one) is cut off when it crosses it. Either
@@ -8,10 +10,11 @@ way: 413, and no byte of it reaches the multipart parser or an image decoder.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodySizeLimit", "BodyTooLarge"]
+__all__ = ["BodySizeLimit", "BodyTooLarge", "EarlyRefusal"]
 
 
 class BodyTooLarge(Exception):
@@ -73,3 +76,29 @@ class BodySizeLimit:
         except BodyTooLarge:
             if not started:
                 await self._reject(send)
+
+
+class EarlyRefusal:
+    """While the batcher is saturated (``Batcher.saturated``), POST /classify and /similar get their 503 with
+    ``Retry-After`` here, from the request line, instead of after routing, dependencies and the route's own
+    ``admit``: under 2x overload two refusals come for every request taken, and each refusal's trip through
+    the framework took CPU from the requests taken. (``POST /images`` is refused in its route, after its API
+    key is checked.) The route still admits or refuses each request itself; this is only the cheap early test."""
+
+    PATHS = ("/classify", "/similar")
+
+    def __init__(self, app: ASGIApp, on_refusal: Callable[[], None]) -> None:
+        self.app, self.on_refusal = app, on_refusal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.PATHS:
+            batcher = getattr(getattr(scope["app"].state, "service", None), "batcher", None)
+            why = batcher.saturated() if batcher is not None else None
+            if why is not None:
+                self.on_refusal()
+                body = json.dumps({"detail": f"the service is at capacity, try again shortly: {why}"}).encode()
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from app.batching import Batcher, Overloaded
-from app.limits import BodySizeLimit
+from app.limits import BodySizeLimit, EarlyRefusal
 from app.metrics import Metrics
 from app.observe import RequestTelemetry, configure_logging
 from app.routes import classify, health, images, similar, web
@@ -175,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         metrics.overloaded.inc()
-        detail = f"the service is at capacity, try again shortly: {exc}"
+        detail = f"the service is at capacity, try again shortly: {exc}"  # (app.limits.EarlyRefusal says the same)
         return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(ClientGone)
@@ -192,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (classify, similar, images, health, web):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(EarlyRefusal, on_refusal=metrics.overloaded.inc)  # inside CORS, so a refusal carries its headers
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

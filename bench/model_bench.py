@@ -24,6 +24,7 @@ from model.layers import LocalResponseNorm
 from model.predictor import serving_model
 from model.quantize import calibrate
 from model.runtime import GLIBC_DEFAULT_THRESHOLD, page_faults, retain_freed_memory
+from model.weights import load_weights
 
 
 def bench_lrn() -> list[dict[str, Any]]:
@@ -251,7 +252,7 @@ def benchagreement(weights: Path) -> dict[str, Any]:
             calibrate_weights(calibrated, open_source("fashion-mnist", split="train", size=fp32.meta.preset.resize_size))
             print(f"({weights} has no int8 calibration: calibrated a copy on 512 training images, as `alexnet calibrate` does)")
         int8 = Predictor(calibrated, precision="int8")
-    ref = from_towers(Predictor(weights, pack=False).model).eval()
+    ref = from_towers(load_weights(weights)[0]).eval()  # the paper's layers as stored (the Predictor folds fc6 at 64 px)
     batches, labels = _fmnist_test(fp32)
     out: dict[str, list[torch.Tensor]] = {"fp32": [], "int8": [], "reference": []}
     seconds = {"fp32": 0.0, "int8": 0.0, "reference": 0.0}

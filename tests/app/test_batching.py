@@ -16,7 +16,7 @@ from httpx import Response
 
 from app.batching import Batcher, Overloaded
 from app.main import create_app
-from tests.app.conftest import image_bytes, make_settings, upload
+from tests.app.conftest import API_KEY, image_bytes, make_settings, upload
 
 
 def test_concurrent_requests_are_batched_with_identical_answers(tmp_path: Path, small_weights: Path) -> None:
@@ -318,3 +318,28 @@ def test_startup_puts_what_it_loaded_out_of_the_collectors_sight(tmp_path: Path,
         started = time.perf_counter()
         gc.collect()
         assert time.perf_counter() - started < 0.1  # (a full collection of the unfrozen test process takes longer)
+
+
+def test_while_saturated_inference_is_refused_before_routing_and_images_after_the_key(
+    tmp_path: Path, small_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under overload most requests are refused: /classify and /similar are refused by a middleware, from the request
+    line, without the route (its dependencies, its own admission) ever running; POST /images still checks its key
+    first, so a wrong key is a 401 whatever the load."""
+    admitted: list[int] = []
+    real_admit = Batcher.admit
+    monkeypatch.setattr(Batcher, "admit", lambda self: admitted.append(1) or real_admit(self))
+    with TestClient(create_app(make_settings(tmp_path, small_weights, max_queue_images=1))) as client:
+        batcher = client.app.state.service.batcher
+        batcher._open = 1  # as if one request were in flight
+        for route in ("/classify", "/similar"):
+            refused = client.post(route, files=upload("a.png", image_bytes(1)))
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+            assert "at capacity" in refused.json()["detail"] and "the bound is 1" in refused.json()["detail"]
+        assert admitted == []  # never reached a route
+        assert client.post("/images", files=upload("a.png", image_bytes(1)), headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/images", files=upload("a.png", image_bytes(1)), headers={"X-API-Key": API_KEY}).status_code == 503
+        assert admitted == [1]  # refused by its route's admission, after the key
+        assert "alexnet_overload_rejections_total 3.0" in client.get("/metrics").text
+        batcher._open = 0
+        assert client.post("/classify", files=upload("a.png", image_bytes(1))).status_code == 200
