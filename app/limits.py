@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodySizeLimit", "BodyTooLarge", "EarlyRefusal"]
+__all__ = ["BodySizeLimit", "BodyTooLarge", "EarlyRefusal", "at_capacity"]
 
 
 class BodyTooLarge(Exception):
@@ -78,6 +78,11 @@ class BodySizeLimit:
                 await self._reject(send)
 
 
+def at_capacity(why: str) -> str:
+    """The detail of the 503 a saturated batcher's refusal gets, here or from the route's own admission."""
+    return f"the service is at capacity, try again shortly: {why}"
+
+
 class EarlyRefusal:
     """While the batcher is saturated (``Batcher.saturated``), POST /classify and /similar get their 503 with
     ``Retry-After`` here, from the request line, instead of after routing, dependencies and the route's own
@@ -96,7 +101,7 @@ class EarlyRefusal:
             why = batcher.saturated() if batcher is not None else None
             if why is not None:
                 self.on_refusal()
-                body = json.dumps({"detail": f"the service is at capacity, try again shortly: {why}"}).encode()
+                body = json.dumps({"detail": at_capacity(why)}).encode()
                 headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]
                 await send({"type": "http.response.start", "status": 503, "headers": headers})
                 await send({"type": "http.response.body", "body": body})

@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from app.batching import Batcher, Overloaded
-from app.limits import BodySizeLimit, EarlyRefusal
+from app.limits import BodySizeLimit, EarlyRefusal, at_capacity
 from app.metrics import Metrics
 from app.observe import RequestTelemetry, configure_logging
 from app.routes import classify, health, images, similar, web
@@ -175,8 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         metrics.overloaded.inc()
-        detail = f"the service is at capacity, try again shortly: {exc}"  # (app.limits.EarlyRefusal says the same)
-        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"detail": at_capacity(str(exc))}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, exc: ClientGone) -> Response:
