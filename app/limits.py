@@ -1,10 +1,11 @@
 """Pure ASGI middleware that refuses requests before anything parses them.
 
-``BodySizeLimit`` caps request bodies.
+``BodySizeLimit`` caps request bodies: a declared Content-Length over the cap is refused
+at once; a body that streams past the cap (no Content-Length, or a false one) is cut off
+when it crosses it. Either way: 413, and no byte of it reaches the multipart parser or an
+image decoder.
 
-A declared Content-Length over the cap is refused at once; a body that streams past
-the cap (no Content-Length, or a false one) is cut off when it crosses it. Either
-way: 413, and no byte of it reaches the multipart parser or an image decoder.
+``EarlyRefusal`` answers inference requests 503 while the batcher is saturated.
 """
 
 from __future__ import annotations
