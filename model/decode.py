@@ -7,7 +7,10 @@ preprocessing rather than in ``app`` (``index`` never imports ``app``).
   TIFF), and Pillow is only allowed to use that one decoder: EPS, PSD, FITS and the
   rest never see the bytes.
 - The pixel count is checked from the header before any pixel is decoded; Pillow's own
-  bomb limit is kept as a second line.
+  bomb limit is kept as a second line, and an image over the size at which Pillow only warns is
+  refused too.
+- What a decode may cost is bounded before it starts (``model.decode_cost``): scans of a
+  JPEG, chunks of a PNG, strips of a TIFF, and the bytes of decoded images in flight.
 - Truncated files fail (``LOAD_TRUNCATED_IMAGES`` is never enabled); any exception a
   decoder raises becomes a ``DecodeError``.
 - EXIF orientation is applied; animations give their first frame; every mode (CMYK,
@@ -28,6 +31,18 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
+from model.decode_cost import (
+    MAX_JPEG_SCANS,
+    MAX_PNG_CHUNKS,
+    MAX_PNG_ROW_BYTES,
+    MAX_TIFF_PARTS,
+    BudgetExhausted,
+    DecodeBudget,
+    decoded_bytes,
+    jpeg_scans,
+    png_chunks,
+    png_row_bytes,
+)
 from model.preprocess import REDUCED_INFO, to_rgb
 
 log = logging.getLogger(__name__)
@@ -49,7 +64,8 @@ STORE_MAX_SIDE = 512  # the longer side of the copy the gallery keeps (encode_fo
 
 
 class DecodeError(ValueError):
-    """An upload that is not a usable image. ``kind``: unsupported | too_large | corrupt | empty."""
+    """An upload that is not a usable image. ``kind``: unsupported | too_large | corrupt | empty, or busy (the
+    decode budget is spent by other decodes right now: try again)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -100,8 +116,32 @@ def _describe(data: bytes) -> str:
     return f"unknown bytes {data[:8].hex()}"
 
 
+def _check_structure(fmt: str, data: bytes) -> None:
+    """Refuse files whose structure would make their decoder's work grow past the pixels it writes."""
+    if fmt == "JPEG" and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
+        raise DecodeError("too_large", f"JPEG with more than {MAX_JPEG_SCANS} scans ({scans} counted): no encoder writes that many")
+    if fmt == "PNG" and png_chunks(data) > MAX_PNG_CHUNKS:
+        raise DecodeError("too_large", f"PNG with more than {MAX_PNG_CHUNKS} chunks: no encoder splits its data that finely")
+
+
+def _check_parts(fmt: str, im: Image.Image, data: bytes) -> None:
+    """(After the pixel limit.) Refuse images whose parts would cost more than their pixels say."""
+    if fmt == "PNG" and (rows := png_row_bytes(data)) > MAX_PNG_ROW_BYTES:
+        raise DecodeError("too_large", f"PNG whose rows hold {rows:,} bytes to inflate and unfilter, more than {MAX_PNG_ROW_BYTES:,}")
+    if fmt == "TIFF":
+        tags = getattr(im, "tag_v2", {})
+        parts = max(len(getattr(im, "tile", ())), *(len(tags.get(t) or ()) for t in (273, 324)))  # StripOffsets, TileOffsets
+        if parts > MAX_TIFF_PARTS:
+            raise DecodeError("too_large", f"TIFF in {parts} strips or tiles, more than {MAX_TIFF_PARTS}")
+
+
 def decode_image(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None, min_long_side: int | None = None
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+    min_long_side: int | None = None,
+    budget: DecodeBudget | None = None,
 ) -> Decoded:
     """Decode ``data`` into one upright RGB image, or raise ``DecodeError``.
 
@@ -113,24 +153,42 @@ def decode_image(
 
     A reduced image carries, in ``image.info[REDUCED_INFO]``, the declared upright size and the region of
     its own pixels that the full image covers; ``resize_shorter`` (the preprocessing's resize) uses them to
-    sample the same places as on the full decode, with the output size the full decode would get."""
+    sample the same places as on the full decode, with the output size the full decode would get.
+
+    With ``budget``, the decode's memory (``decoded_bytes``) is reserved before any pixel is decoded: more
+    than the whole budget is ``too_large``, more than is free now is ``busy``. What the returned image holds
+    stays reserved until it is freed."""
     if not data:
         raise DecodeError("empty", "the file is empty (0 bytes)")
     fmt = sniff_format(data)
     if fmt is None:
         raise DecodeError("unsupported", f"not an image in an allowed format ({', '.join(ALLOWED_FORMATS)}): looks like {_describe(data)}")
+    _check_structure(fmt, data)
+    reserved = 0
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])
         width, height = im.size
         if width <= 0 or height <= 0:
             raise DecodeError("corrupt", f"{fmt} image with impossible size {width}x{height}")
+        # Pillow only warns between its own bomb limit and twice it: such an image is refused like a bomb (RELIABILITY.md 6)
+        max_pixels = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
         if width * height > max_pixels:
             raise DecodeError(
                 "too_large", f"{fmt} image of {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}"
             )
         if getattr(im, "is_animated", False):
             im.seek(0)  # first frame only; the others are never decoded
+        _check_parts(fmt, im, data)
         box = _reduce(im, width, height, min_side or 0, min_long_side or 0) if fmt == "JPEG" else None
+        if budget is not None:
+            need = decoded_bytes(im)
+            if not budget.fits_ever(need):
+                raise DecodeError(
+                    "too_large", f"{fmt} image of {width}x{height} needs about {need / 2**20:.0f} MiB to decode, more than the "
+                    f"decode budget of {budget.total / 2**20:.0f} MiB"
+                )  # fmt: skip
+            budget.take(need)
+            reserved = need
         im.load()
         try:
             orientation = im.getexif().get(ExifTags.Base.Orientation, 1)  # what exif_transpose reads
@@ -142,14 +200,24 @@ def decode_image(
         if rgb is im:
             rgb = im.copy()
         rgb.info.pop(REDUCED_INFO, None)  # a file's own metadata (a PNG text chunk) must not pose as ours
+        if budget is not None:  # what the RGB image holds stays reserved until it is freed; the rest is free now
+            keep = min(reserved, 4 * rgb.size[0] * rgb.size[1])
+            budget.hold_while_alive(rgb, keep)
+            budget.give_back(reserved - keep)
+            reserved = 0
+    except BudgetExhausted as e:
+        raise DecodeError("busy", f"{fmt} image: {e}") from e
     except DecodeError:
         raise
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError("too_large", f"{fmt} image rejected as a decompression bomb: {e}") from e
     except MemoryError as e:
         raise DecodeError("too_large", f"{fmt} image too large to decode") from e
     except Exception as e:  # Pillow decoders raise OSError, ValueError, SyntaxError, struct.error, EOFError, ...
         raise DecodeError("corrupt", f"cannot decode {fmt} image: {type(e).__name__}: {e}") from e
+    finally:
+        if reserved and budget is not None:  # the decode failed: nothing of it is held
+            budget.give_back(reserved)
     w, h = rgb.size
     if box is not None:  # the declared size, upright; a reduced decode also says how it maps onto the full image
         w, h = (height, width) if orientation in _SWAPS_SIDES else (width, height)
