@@ -7,7 +7,9 @@ delete change), so a backup never names a file it lacks. The FAISS snapshot is n
 open of a restored gallery rebuilds it from the store.
 
 ``restore``: into an index directory that holds no gallery yet, built aside and renamed into place, so
-an interrupted restore leaves nothing half-written where the service would open it.
+an interrupted restore leaves nothing half-written where the service would open it. It copies the
+database and the image files its rows name, and refuses a row whose file is not a plain file inside
+``images/`` (an absolute path, ``..``, a link): a backup is read as untrusted.
 
 A gallery in PostgreSQL (``ALEXNET_STORE_URL``) is backed up with PostgreSQL's own tools (README).
 """
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from index.errors import ImageIndexError
+from index.sqlite_store import image_file
 
 __all__ = ["BackupReport", "backup", "restore"]
 
@@ -100,13 +103,18 @@ def restore(src: Path, index_dir: Path) -> int:
         if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
             raise ImageIndexError(f"{src / DB}: the backup fails SQLite's integrity check")
         files = [str(r[0]) for r in db.execute("SELECT file FROM images").fetchall()]
-    missing = [f for f in files if not (src / f).is_file()]
+    paths = [image_file(src, f, ImageIndexError) for f in files]  # never a path outside the gallery's images/
+    missing = [f for f, p in zip(files, paths, strict=True) if not p.is_file()]
     if missing:
         raise ImageIndexError(f"{src}: the backup lacks {len(missing)} image files (first: {missing[0]})")
     work = index_dir.with_name(index_dir.name + ".restoring")
     shutil.rmtree(work, ignore_errors=True)
-    try:
-        shutil.copytree(src, work, ignore=shutil.ignore_patterns(MANIFEST))
+    try:  # the database and the files its rows name, nothing else the backup directory may hold
+        work.mkdir(parents=True)
+        shutil.copy2(src / DB, work / DB)
+        for f, p in zip(files, paths, strict=True):
+            (work / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, work / f)
         if index_dir.exists():
             index_dir.rmdir()
         work.rename(index_dir)

@@ -7,11 +7,23 @@ factory), and every later opener must bring the same weights.
 
 from __future__ import annotations
 
+import uuid
+
 from index.errors import ImageIndexError, WeightsMismatch
 from index.factory import AUTO, is_exact, new_faiss
 from index.store import Store
 
-__all__ = ["claim_identity"]
+__all__ = ["claim_identity", "gallery_id"]
+
+
+def gallery_id(store: Store, *, readonly: bool) -> str:
+    """The id made with the gallery (a store written before there were ids gets one now; read-only, a stand-in that
+    no snapshot carries). Snapshots name it, so that one from another gallery is never loaded."""
+    found = store.get_meta("gallery_id")
+    if found is None and not readonly:
+        store.init_meta({"gallery_id": uuid.uuid4().hex})
+        found = store.get_meta("gallery_id")
+    return found or "unknown"
 
 
 def claim_identity(store: Store, weights_hash: str, dim: int, factory: str | None, *, readonly: bool) -> tuple[str, int, str]:
@@ -27,7 +39,7 @@ def claim_identity(store: Store, weights_hash: str, dim: int, factory: str | Non
         if readonly:
             return weights_hash, dim, factory or AUTO
         # two processes opening an empty store at once agree on the first identity written
-        store.init_meta({"weights_hash": weights_hash, "dim": str(dim), "factory": factory or AUTO})
+        store.init_meta({"weights_hash": weights_hash, "dim": str(dim), "factory": factory or AUTO, "gallery_id": uuid.uuid4().hex})
         stored = store.get_meta("weights_hash")
     if stored != weights_hash:
         raise WeightsMismatch(

@@ -30,11 +30,12 @@ from index.changes import Cancelled, build_from_store, catch_up, fetch, install
 from index.errors import ImageIndexError, WeightsMismatch
 from index.factory import AUTO, DEFAULT_DIM, auto_factory, is_exact, rescore, search_candidates, selector_for, tune
 from index.follow import Follower
-from index.identity import claim_identity
+from index.identity import claim_identity, gallery_id
 from index.results import AddResult, Hit
 from index.rwlock import RWLock
 from index.snapshot import SNAPSHOT, SnapshotUnusable, load_snapshot, write_snapshot
-from index.store import ImageRecord, NewImage, Store, StoreError, StoreUnavailable, open_store
+from index.store import ImageRecord, NewImage, Store, StoreError, StoreTimeouts, StoreUnavailable, open_store
+from model.files import remove_stale_temps
 from model.vectors import l2_normalise as normalise
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class ImageIndex:
         nprobe: int = 0,
         store_url: str | None = None,
         follow_interval: float | None = None,
+        store_timeouts: StoreTimeouts | None = None,
     ) -> None:
         self.dir = Path(directory)
         if not readonly:
@@ -86,12 +88,17 @@ class ImageIndex:
         self.applied_seq = 0  # the last store change the FAISS index holds
         self.last_sync = time.time()  # when this index was last known to be current with the store
         try:
-            self.store: Store = open_store(self.dir, store_url, readonly=readonly)
+            self.store: Store = open_store(self.dir, store_url, readonly=readonly, timeouts=store_timeouts)
         except StoreUnavailable:
             raise
         except StoreError as e:
             raise ImageIndexError(str(e)) from e
         self.weights_hash, self.dim, self.configured = claim_identity(self.store, weights_hash, dim, factory, readonly=readonly)
+        self.gallery_id = gallery_id(self.store, readonly=readonly)
+        if not readonly:
+            removed = remove_stale_temps(self.dir, SNAPSHOT)
+            if removed:
+                log.info("index %s: removed %d temporary snapshot files a killed writer left", self.dir, removed)
         self.factory = self._wanted(self.store.count())  # the factory of the index in memory (the snapshot's may differ)
         self._load()
         if not readonly:
@@ -118,7 +125,14 @@ class ImageIndex:
         if not p.is_file():
             return None
         try:
-            return load_snapshot(p, weights_hash=self.weights_hash, dim=self.dim, last_seq=self.store.last_seq())
+            return load_snapshot(
+                p,
+                weights_hash=self.weights_hash,
+                dim=self.dim,
+                last_seq=self.store.last_seq(),
+                gallery_id=self.gallery_id,
+                fingerprint=self.store.change_fingerprint,
+            )
         except SnapshotUnusable as e:
             log.warning("snapshot %s unusable (%s); rebuilding from the store", p, e)
             self.recovered = f"{p} was unusable ({e}) and was rebuilt from the store"
@@ -135,7 +149,14 @@ class ImageIndex:
         """(Holding the sync mutex: nothing changes the index meanwhile, searches go on.) Tombstones force a rebuild first."""
         if self._tombstones:
             self._replace(*self._fresh(self.factory))
-        header = {"seq": self.applied_seq, "weights_hash": self.weights_hash, "dim": self.dim, "factory": self.factory}
+        header = {
+            "seq": self.applied_seq,
+            "weights_hash": self.weights_hash,
+            "dim": self.dim,
+            "factory": self.factory,
+            "gallery_id": self.gallery_id,
+            "fingerprint": self.store.change_fingerprint(self.applied_seq),
+        }
         try:
             write_snapshot(self.snapshot_path, self.index, header)
         except OSError as e:
@@ -286,7 +307,7 @@ class ImageIndex:
         If the store fails right after the commit, the write stays durable and the follower applies it later."""
         try:
             self._sync(known)
-        except StoreError as e:
+        except Exception as e:  # the store (StoreError) or FAISS (ImageIndexError, ...): the write stands all the same
             log.warning("index %s: a committed change is not applied yet (%s); the follower retries", self.dir, e)
 
     def _maybe_snapshot(self) -> None:
@@ -339,6 +360,10 @@ class ImageIndex:
             raise ValueError(f"query of dimension {q.shape[1]}, this index holds {self.dim}-d vectors")
         extra = len(exclude or ())
         selector, keep = None, None
+        # while the follower finds the store out of reach, searches do not wait on it for each request
+        away = self._follower.unreachable if self._follower is not None else None
+        if away and (labels or exclude_labels):
+            raise StoreUnavailable(f"label filters need the store, which cannot be reached: {away}")
         if labels or exclude_labels:
             allowed = self.store.ids_with_labels(labels) if labels else None
             if allowed is not None and len(allowed) == 0:
@@ -348,12 +373,12 @@ class ImageIndex:
             raw = self._search_locked(q, k + extra, selector)
         del keep  # (the selector's parts lived until here)
         wanted = sorted({i for hits in raw for i, _ in hits})
-        records: dict[int, ImageRecord] | None
+        records: dict[int, ImageRecord] | None = None
         try:
-            records = self.store.get_many(wanted)  # an id deleted by any process has no record: never returned
+            if not away:
+                records = self.store.get_many(wanted)  # an id deleted by any process has no record: never returned
         except StoreUnavailable as e:
             log.warning("search without metadata: %s", e)
-            records = None
         results = []
         for hits in raw:
             row = [
@@ -405,14 +430,28 @@ class ImageIndex:
             **({"recovered": self.recovered} if self.recovered else {}),
         }
 
-    def check(self) -> list[str]:
-        """Disagreements between index, store and image files (empty when consistent)."""
+    def check(self, sample: int = 64) -> list[str]:
+        """Disagreements between index, store and image files (empty when consistent): the counts, and the contents of
+        up to ``sample`` stored images spread over the gallery, each searched with its stored vector (an index built
+        from other vectors, or from another history of the gallery, fails this while its counts agree)."""
         problems = []
         with self._sync_mutex:
             self._sync()
             n_store, n_index = self.store.count(), len(self)
+            ids = self.store.all_ids()
+            picked = ids[np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(int)] if len(ids) else ids
+            found, vectors = self.store.vectors([int(i) for i in picked])
+            if len(found):  # (an all-zero vector, an all-black image's fc7, is near nothing, itself included)
+                nonzero = np.linalg.norm(vectors, axis=1) > 0.5
+                found, vectors = found[nonzero], vectors[nonzero]
+            with self._lock.read():
+                hits = self._search_locked(vectors, 10) if len(found) else []
         if n_store != n_index:
             problems.append(f"store has {n_store} images, FAISS index {n_index}")
+        # an exact index finds each stored vector as itself (or a tie); a compressed one may rank it a little lower
+        missing = [int(i) for i, row in zip(found, hits, strict=True) if not any(h == i and s > 0.99 for h, s in row)]
+        if missing:
+            problems.append(f"{len(missing)} of {len(found)} sampled images are not found by their own stored vectors (ids {missing[:5]})")
         return problems + self.store.check()
 
     def close(self) -> None:

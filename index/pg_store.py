@@ -9,7 +9,10 @@ has applied change ``s`` has seen every change before it. Each write ends with
 connections; they also poll, so a lost connection only slows them down.
 
 Connection failures (the server down, a network cut) raise ``StoreUnavailable``; the pool
-replaces broken connections by itself, so the store recovers when the server is back.
+replaces broken connections by itself, so the store recovers when the server is back. Nothing waits
+without a bound (``StoreTimeouts``): a write that waits past ``lock_s`` for another session's lock,
+or a statement past ``statement_s``, raises ``StoreUnavailable`` too; the server ends this project's
+sessions left idle in a transaction; TCP keepalives find connections to a vanished host dead.
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ from typing import Any
 import numpy as np
 
 from index.store import (
+    MAX_LABEL_CHARS,
     SCHEMA_VERSION,
     AddOutcome,
     ImageRecord,
     NewImage,
     Store,
     StoreError,
+    StoreTimeouts,
     StoreUnavailable,
-    check_vectors,
+    check_items,
+    check_text,
     redact_url,
 )
 
@@ -43,7 +49,6 @@ __all__ = ["PostgresStore"]
 CHANNEL = "alexnet_changes"
 WRITE_LOCK = 0x616C6578  # advisory lock key held by every writing transaction ("alex")
 SCHEMA_LOCK = 0x616C6579  # held while the schema is created or migrated
-CONNECT_TIMEOUT_S = 5
 
 MIGRATIONS: dict[int, list[str]] = {  # version -> statements that bring version - 1 to it
     1: [
@@ -69,6 +74,10 @@ MIGRATIONS: dict[int, list[str]] = {  # version -> statements that bring version
             image_id bigint NOT NULL
         )""",
     ],
+    2: [  # filtered listings and searches read the matching rows only; source in code-point order, for prefix ranges
+        "CREATE INDEX IF NOT EXISTS alexnet_images_label ON alexnet_images (label)",
+        'CREATE INDEX IF NOT EXISTS alexnet_images_source ON alexnet_images (source COLLATE "C")',
+    ],
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -77,14 +86,26 @@ class PostgresStore(Store):
     """A gallery in one PostgreSQL database, through a psycopg 3 connection pool."""
 
     images_table, changes_table, marker = "alexnet_images", "alexnet_changes", "%s"
+    source_key = 'source COLLATE "C"'
 
-    def __init__(self, url: str, *, readonly: bool = False, pool_size: int = 8) -> None:
+    def __init__(self, url: str, *, readonly: bool = False, pool_size: int = 8, timeouts: StoreTimeouts | None = None) -> None:
         super().__init__()
         import psycopg
         from psycopg_pool import ConnectionPool
 
         self._psycopg = psycopg
         self.url = url
+        t = self.timeouts = timeouts or StoreTimeouts()
+        ms = lambda seconds: max(1, round(seconds * 1000))  # noqa: E731
+        self._connect_kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, round(t.connect_s)),
+            "options": f"-c lock_timeout={ms(t.lock_s)} -c statement_timeout={ms(t.statement_s)} "
+            f"-c idle_in_transaction_session_timeout={ms(t.idle_in_transaction_s)}",
+            "keepalives": 1,
+            "keepalives_idle": t.keepalive_s,
+            "keepalives_interval": max(1, t.keepalive_s // 2),
+            "keepalives_count": 2,
+        }
         self.location = f"PostgreSQL {redact_url(url)}"
         self.readonly = readonly
         self._listener: Any = None  # the LISTEN connection, used by the follower thread only
@@ -93,14 +114,14 @@ class PostgresStore(Store):
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs={"autocommit": True, **self._connect_kwargs},
             check=ConnectionPool.check_connection,  # a connection broken by a server restart is replaced, not handed out
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=t.connect_s,
             open=False,
             name="alexnet-store",
         )
         try:
-            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+            self._pool.open(wait=True, timeout=t.connect_s)
         except psycopg.Error as e:
             self._pool.close()
             raise StoreUnavailable(f"{self.location}: cannot connect ({e})") from e
@@ -122,6 +143,9 @@ class PostgresStore(Store):
         try:
             with self._pool.connection() as conn:
                 yield conn
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as e:  # lock_timeout, statement_timeout
+            raise StoreUnavailable(f"{self.location}: {what}: another session holds the gallery's lock or the database is too slow "
+                                   f"({str(e).strip()})") from e  # fmt: skip
         except psycopg.OperationalError as e:  # includes the pool's timeout
             raise StoreUnavailable(f"{self.location}: {what}: the database cannot be reached ({str(e).strip()})") from e
         except psycopg.Error as e:
@@ -193,7 +217,7 @@ class PostgresStore(Store):
     # -- writes --------------------------------------------------------------------------------
 
     def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
-        check_vectors(items)
+        check_items(items)
         results: list[AddOutcome] = []
         with self._write("cannot store images") as conn:
             now = time.time()
@@ -233,6 +257,7 @@ class PostgresStore(Store):
         return self._record(row)
 
     def set_label(self, image_id: int, label: str | None) -> ImageRecord | None:
+        check_text(label, "the label", MAX_LABEL_CHARS)
         with self._write(f"cannot change the label of image {image_id}") as conn:
             row = conn.execute(f"UPDATE alexnet_images SET label = %s WHERE id = %s RETURNING {self._COLS}", (label, image_id)).fetchone()
         return None if row is None else self._record(row)
@@ -275,7 +300,7 @@ class PostgresStore(Store):
         psycopg = self._psycopg
         try:
             if self._listener is None or self._listener.closed:
-                self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+                self._listener = psycopg.connect(self.url, autocommit=True, **self._connect_kwargs)
                 self._listener.execute(f"LISTEN {CHANNEL}")
             for _ in self._listener.notifies(timeout=timeout, stop_after=1):
                 pass

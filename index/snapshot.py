@@ -1,8 +1,15 @@
-"""The snapshot file ``index.faiss``: one process's FAISS index, stamped with the last store change it holds.
+"""The snapshot file ``index.faiss``: one process's FAISS index, stamped with the last store change it holds and
+with the history it belongs to.
 
-Layout: ``MAGIC`` (8 bytes), the header's length (little-endian uint32), the header (JSON: ``seq``,
-``weights_hash``, ``dim``, ``factory``, ``ntotal`` and the SHA-256 of the body), then the serialised
-index. Written atomically (temp file, fsync, rename), so a crash leaves the old file or the new one.
+Layout: ``MAGIC`` (8 bytes), the body's length (little-endian uint64), the serialised index, then the header
+(JSON: ``seq``, ``weights_hash``, ``dim``, ``factory``, ``gallery_id``, ``fingerprint``, ``ntotal`` and the
+SHA-256 of the body) and its length (uint32). The body is streamed from FAISS to the file, so writing a snapshot
+holds no copy of the index in memory. Written atomically (temp file, fsync, rename), so a crash leaves the old
+file or the new one.
+
+A snapshot belongs to one history of one gallery: ``gallery_id`` is made with the store, and ``fingerprint`` is
+the store's fingerprint of the change at ``seq`` (``Store.change_fingerprint``). A database made anew, or restored
+from an older dump and written past the stamp, fails one of the two.
 """
 
 from __future__ import annotations
@@ -10,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
@@ -21,30 +29,58 @@ from model.files import atomic_write
 __all__ = ["MAGIC", "SNAPSHOT", "SnapshotUnusable", "load_snapshot", "read_snapshot", "write_snapshot"]
 
 SNAPSHOT = "index.faiss"
-MAGIC = b"ALEXIDX1"
+MAGIC = b"ALEXIDX2"
+_LENGTH = struct.Struct("<Q")
+_HEADER_LENGTH = struct.Struct("<I")
 
 
 def write_snapshot(path: Path, index: faiss.Index, header: dict[str, Any]) -> None:
     """Write ``index`` with ``header`` (plus ``ntotal`` and the body's checksum) to ``path`` atomically; OSError on failure."""
-    body = faiss.serialize_index(index).tobytes()
-    head = json.dumps({**header, "ntotal": int(index.ntotal), "sha256": hashlib.sha256(body).hexdigest()}).encode()
-    atomic_write(path, MAGIC + struct.pack("<I", len(head)) + head + body)
+
+    def write(f: BinaryIO) -> None:
+        f.write(MAGIC + _LENGTH.pack(0))
+        digest, size = hashlib.sha256(), 0
+
+        def chunk(data: bytes) -> int:
+            nonlocal size
+            digest.update(data)
+            size += len(data)
+            return f.write(data)
+
+        writer = faiss.PyCallbackIOWriter(chunk)  # type: ignore[attr-defined]
+        faiss.write_index(index, writer)
+        del writer  # flushes its buffer
+        head = json.dumps({**header, "ntotal": int(index.ntotal), "sha256": digest.hexdigest()}).encode()
+        f.write(head + _HEADER_LENGTH.pack(len(head)))
+        f.seek(len(MAGIC))
+        f.write(_LENGTH.pack(size))
+        f.seek(0, 2)
+
+    atomic_write(path, write)
 
 
 class SnapshotUnusable(ValueError):
-    """A snapshot that cannot be used: unreadable, truncated, tampered with, or made for another gallery."""
+    """A snapshot that cannot be used: unreadable, truncated, tampered with, or made for another gallery or history."""
 
 
-def load_snapshot(path: Path, *, weights_hash: str, dim: int, last_seq: int) -> tuple[faiss.Index, int, str]:
-    """(index, last change it holds, its factory) of a snapshot made for this gallery: its weights, its dimension,
-    and no change newer than the store's ``last_seq`` (else it was made from another store)."""
+def load_snapshot(
+    path: Path, *, weights_hash: str, dim: int, last_seq: int, gallery_id: str, fingerprint: Callable[[int], str]
+) -> tuple[faiss.Index, int, str]:
+    """(index, last change it holds, its factory) of a snapshot made for this gallery: its weights and dimension,
+    its ``gallery_id``, no change newer than the store's ``last_seq``, and the same change at its stamp
+    (``fingerprint(seq)``, the store's)."""
     try:
         index, header = read_snapshot(path)
         if header["weights_hash"] != weights_hash or header["dim"] != dim:
             raise SnapshotUnusable("made for other weights or dimension")
-        if int(header["seq"]) > last_seq:
-            raise SnapshotUnusable(f"it holds change {header['seq']}, newer than the store's last ({last_seq}): made from another store")
-        return index, int(header["seq"]), str(header["factory"])
+        if header.get("gallery_id") != gallery_id:
+            raise SnapshotUnusable("made for another gallery (the store was made anew, or replaced)")
+        seq = int(header["seq"])
+        if seq > last_seq:
+            raise SnapshotUnusable(f"it holds change {seq}, newer than the store's last ({last_seq}): made from another history")
+        if header.get("fingerprint") != fingerprint(seq):
+            raise SnapshotUnusable(f"the store's change {seq} is not the one it holds: made from another history (a restored store?)")
+        return index, seq, str(header["factory"])
     except SnapshotUnusable:
         raise
     except (ValueError, KeyError, OSError) as e:
@@ -57,12 +93,16 @@ def read_snapshot(path: Path) -> tuple[faiss.Index, dict[str, Any]]:
     data = path.read_bytes()
     if data[:8] != MAGIC:
         raise ValueError("bad magic")
+    start = len(MAGIC) + _LENGTH.size
     try:
-        (hlen,) = struct.unpack("<I", data[8:12])
-        header = json.loads(data[12 : 12 + hlen])
+        (size,) = _LENGTH.unpack_from(data, len(MAGIC))
+        (hlen,) = _HEADER_LENGTH.unpack_from(data, len(data) - _HEADER_LENGTH.size)
+        if start + size + hlen + _HEADER_LENGTH.size != len(data):
+            raise ValueError(f"truncated or extended: {len(data)} bytes, the lengths in it say {start + size + hlen + _HEADER_LENGTH.size}")
+        header = json.loads(data[start + size : start + size + hlen])
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"unreadable header ({e})") from e
-    body = data[12 + hlen :]
+    body = memoryview(data)[start : start + size]
     if not isinstance(header, dict) or hashlib.sha256(body).hexdigest() != header.get("sha256"):
         raise ValueError("checksum mismatch (truncated or modified)")
     try:

@@ -24,7 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from index.store import SCHEMA_VERSION, AddOutcome, ImageRecord, NewImage, Store, StoreError, StoreUnavailable, check_vectors
+from index.store import (
+    MAX_LABEL_CHARS,
+    SCHEMA_VERSION,
+    AddOutcome,
+    ImageRecord,
+    NewImage,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    check_items,
+    check_text,
+)
 from model.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -53,6 +64,8 @@ CREATE TABLE IF NOT EXISTS changes (
     op TEXT NOT NULL CHECK (op IN ('add', 'delete')),
     image_id INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS images_label ON images (label);
+CREATE INDEX IF NOT EXISTS images_source ON images (source);
 """
 # AUTOINCREMENT: ids and change numbers are never reused, even after the newest row is deleted.
 
@@ -63,6 +76,18 @@ def _failure(e: BaseException, what: str) -> StoreError:
     if isinstance(e, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
         return StoreUnavailable(f"{what}: the store is busy ({e}); try again")
     return StoreError(f"{what} ({e})")
+
+
+def image_file(directory: Path, file: str, error: type[Exception]) -> Path:
+    """``directory / file`` for a ``file`` column that names a regular file inside ``directory/images`` (no absolute
+    path, no ``..``, no link); else ``error``, naming it."""
+    rel = Path(file)
+    if rel.is_absolute() or not rel.parts or rel.parts[0] != "images" or ".." in rel.parts or len(rel.parts) < 2:
+        raise error(f"image file {file!r} is not inside the gallery's images/ directory")
+    path = directory / rel
+    if path.is_symlink():
+        raise error(f"image file {file!r} is a symbolic link")
+    return path
 
 
 class SQLiteStore(Store):
@@ -91,9 +116,13 @@ class SQLiteStore(Store):
                 self._migrate()
             self._db.execute("SELECT count(*) FROM images").fetchone()
             self._check_pages()
+            # reads have a connection of their own: in WAL mode they never wait for a writer, in this process
+            # (whose writing connection may be waiting for another process's write lock) or another
+            self._reader = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"{self.path}: cannot open the index store ({e})") from e
-        self._lock = threading.RLock()  # one connection, used by one thread at a time
+        self._lock = threading.RLock()  # the writing connection, used by one thread at a time
+        self._read_lock = threading.Lock()  # the reading one
 
     def _migrate(self) -> None:
         """Create the schema, or bring an older one up to SCHEMA_VERSION (``PRAGMA user_version``)."""
@@ -128,8 +157,9 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         self.wake()
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -198,8 +228,8 @@ class SQLiteStore(Store):
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
-            with self._lock:
-                return self._db.execute(sql, params).fetchall()
+            with self._read_lock:
+                return self._reader.execute(sql, params).fetchall()
         except sqlite3.Error as e:
             raise _failure(e, f"{self.path}: read failed") from e
 
@@ -209,7 +239,7 @@ class SQLiteStore(Store):
         return self.images_dir / sha256[:2] / f"{sha256}{suffix}"
 
     def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
-        check_vectors(items)
+        check_items(items)
         results: list[AddOutcome] = []
         with self._transaction("cannot store images") as tx:
             db, now = tx.db, time.time()
@@ -253,7 +283,7 @@ class SQLiteStore(Store):
             rec = self._record(row)
             tx.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
             tx.db.execute("INSERT INTO changes (op, image_id) VALUES ('delete', ?)", (image_id,))
-            path = self.dir / rec.file
+            path = self.stored_file(rec.file)
             if path.is_file():
                 aside = path.with_name(f".{path.name}.deleted")
                 os.replace(path, aside)
@@ -266,6 +296,7 @@ class SQLiteStore(Store):
         return rec
 
     def set_label(self, image_id: int, label: str | None) -> ImageRecord | None:
+        check_text(label, "the label", MAX_LABEL_CHARS)
         with self._transaction(f"cannot change the label of image {image_id}") as tx:
             tx.db.execute("UPDATE images SET label = ? WHERE id = ?", (label, image_id))
             row = tx.db.execute(f"SELECT {self._COLS} FROM images WHERE id = ?", (image_id,)).fetchone()
@@ -287,12 +318,17 @@ class SQLiteStore(Store):
             out.update((int(r[0]), self._record(r)) for r in rows)
         return out
 
+    def stored_file(self, file: str) -> Path:
+        """Where a row's ``file`` lives: inside ``images/``, or ``StoreError`` (a row from a tampered or foreign
+        database must not make the service read or delete any other file)."""
+        return image_file(self.dir, file, StoreError)
+
     def image_data(self, image_id: int) -> tuple[bytes, str] | None:
         rec = self.get(image_id)
         if rec is None:
             return None
         try:
-            return (self.dir / rec.file).read_bytes(), Path(rec.file).suffix
+            return self.stored_file(rec.file).read_bytes(), Path(rec.file).suffix
         except FileNotFoundError:
             return None  # deleted meanwhile
         except OSError as e:
@@ -309,15 +345,24 @@ class SQLiteStore(Store):
     # -- upkeep ------------------------------------------------------------------------------
 
     def cleanup(self) -> int:
-        """Delete image files no row names, and temporary files, inside a write transaction: no other
-        process is between writing a file and committing its row meanwhile."""
+        """Delete image files no row names, and temporary files. The directory is walked outside any transaction;
+        then, inside a write transaction (no other process is between writing a file and committing its row
+        meanwhile), only the candidates are looked up again and removed, so the write lock is held for as long as
+        the leftovers take, not the whole gallery."""
         if self.readonly:
+            return 0
+        known = {str(r[0]) for r in self._rows("SELECT file FROM images")}
+        candidates = [
+            p for p in self.images_dir.rglob("*") if p.is_file() and (p.name.startswith(".") or str(p.relative_to(self.dir)) not in known)
+        ]
+        if not candidates:
             return 0
         removed = 0
         with self._transaction("cannot clean up image files") as tx:
-            known = {str(r[0]) for r in tx.db.execute("SELECT file FROM images").fetchall()}
-            for p in self.images_dir.rglob("*"):
-                if p.is_file() and (p.name.startswith(".") or str(p.relative_to(self.dir)) not in known):
+            for p in candidates:
+                rel = str(p.relative_to(self.dir))
+                orphan = p.name.startswith(".") or tx.db.execute("SELECT 1 FROM images WHERE file = ?", (rel,)).fetchone() is None
+                if orphan and p.exists():
                     p.unlink(missing_ok=True)
                     removed += 1
         if removed:

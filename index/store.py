@@ -20,7 +20,9 @@ check runs inside the writing transaction.
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,19 +35,38 @@ from model.decode import encode_for_store
 
 __all__ = [
     "MAX_ID",
+    "MAX_LABEL_CHARS",
+    "MAX_SOURCE_CHARS",
     "SCHEMA_VERSION",
     "ImageRecord",
+    "InvalidText",
     "NewImage",
     "Store",
     "StoreError",
+    "StoreTimeouts",
     "StoreUnavailable",
-    "check_vectors",
+    "check_items",
+    "check_text",
     "open_store",
     "redact_url",
 ]
 
-SCHEMA_VERSION = 1  # both implementations; each migrates an older schema at open
+SCHEMA_VERSION = 2  # both implementations; each migrates an older schema at open (2: indexes on label and source)
 MAX_ID = 2**63 - 1  # ids are positive 64-bit integers (SQLite's INTEGER PRIMARY KEY, PostgreSQL's bigint), never reused
+
+
+@dataclass(frozen=True)
+class StoreTimeouts:
+    """How long the PostgreSQL store waits for what another session holds, so that no request hangs on it.
+    Each wait that runs out raises ``StoreUnavailable`` (503 with Retry-After in the service)."""
+
+    lock_s: float = 2.0  # a write waits this long for another writer's lock (PostgreSQL lock_timeout)
+    statement_s: float = 30.0  # any one statement (statement_timeout)
+    # a session of this project left idle inside a transaction (its process frozen mid-add) is ended by the server after
+    # this long, which releases the write lock it held (idle_in_transaction_session_timeout)
+    idle_in_transaction_s: float = 10.0
+    keepalive_s: int = 10  # TCP keepalives: a connection to a vanished host is found dead in about 2x this
+    connect_s: float = 5.0  # connecting, and waiting for a free connection of the pool
 
 
 class StoreError(RuntimeError):
@@ -98,11 +119,36 @@ class ImageRecord:
 AddOutcome = tuple[int, bool, np.ndarray | None]  # (id, created, the vector if created)
 
 
-def check_vectors(items: Sequence[NewImage]) -> None:
-    """Every store keeps 1-d float32 vectors; anything else is the caller's mistake, refused before writing."""
+MAX_LABEL_CHARS = 200  # a label, as stored and as a filter
+MAX_SOURCE_CHARS = 1000  # where an image came from (a path, or "upload:" and a file name)
+# control characters (NUL above all: PostgreSQL's text cannot hold it) and lone surrogates (not encodable as UTF-8)
+_BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+class InvalidText(ValueError):
+    """Text a store cannot hold, refused before any database sees it (422 in the service)."""
+
+
+def check_text(value: str | None, what: str, max_chars: int) -> None:
+    """Refuse text that one of the stores could not keep as given: control characters, unpaired surrogates, or
+    more than ``max_chars`` characters. The same rule for both stores, so a gallery can move between them."""
+    if value is None:
+        return
+    if len(value) > max_chars:
+        raise InvalidText(f"{what} is {len(value)} characters long, more than {max_chars}")
+    bad = _BAD_TEXT.search(value)
+    if bad is not None:
+        raise InvalidText(f"{what} holds the character U+{ord(bad.group()):04X} at position {bad.start()}, which cannot be stored")
+
+
+def check_items(items: Sequence[NewImage]) -> None:
+    """What every store checks before it writes: 1-d float32 vectors (anything else is the caller's mistake), and
+    text it can hold."""
     for item in items:
         if item.vector.dtype != np.float32 or item.vector.ndim != 1:
             raise ValueError(f"vector must be 1-d float32, got {item.vector.dtype} {item.vector.shape}")
+        check_text(item.label, "the label", MAX_LABEL_CHARS)
+        check_text(item.source, "the source", MAX_SOURCE_CHARS)
 
 
 class Store(abc.ABC):
@@ -163,6 +209,7 @@ class Store(abc.ABC):
     images_table: str
     changes_table: str
     marker: str  # "?" (sqlite3) or "%s" (psycopg)
+    source_key = "source"  # source in code-point order, as its index holds it
 
     @abc.abstractmethod
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -188,12 +235,16 @@ class Store(abc.ABC):
         """SQL conditions (each starting with AND) and their parameters: label among ``labels``, source starting
         with ``source_prefix`` (compared exactly, byte for byte: no LIKE, so no wildcards and no case folding)."""
         sql, params = "", []
+        for label in labels or ():
+            check_text(label, "a label filter", MAX_LABEL_CHARS)
+        check_text(source_prefix, "the source filter", MAX_SOURCE_CHARS)
         if labels:
             sql += f" AND label IN ({','.join([self.marker] * len(labels))})"
             params += list(labels)
-        if source_prefix:
-            sql += f" AND substr(source, 1, length({self.marker})) = {self.marker}"
-            params += [source_prefix, source_prefix]
+        if source_prefix:  # a range the index on source serves, then the exact test
+            key, p = self.source_key, self.marker
+            sql += f" AND {key} >= {p} AND {key} < {p} AND substr(source, 1, length({p})) = {p}"
+            params += [source_prefix, source_prefix + "\U0010ffff", source_prefix, source_prefix]
         return sql, params
 
     def list_records(
@@ -228,6 +279,17 @@ class Store(abc.ABC):
         """The newest change number (0 for none)."""
         return int(self._rows(self._sql("SELECT coalesce(max(seq), 0) FROM {changes}"))[0][0])
 
+    def change_fingerprint(self, seq: int) -> str:
+        """What identifies change ``seq`` of this history: its operation, its image id, and for an add the SHA-256 of
+        the image it added (ids and change numbers repeat when a store is restored from an older dump and written
+        again; the images written after the restore do not). ``"none"`` for change 0."""
+        rows = self._rows(self._sql("SELECT op, image_id FROM {changes} WHERE seq = {p}"), (seq,))
+        if not rows:
+            return "none" if seq == 0 else "missing"
+        op, image_id = str(rows[0][0]), int(rows[0][1])
+        image = self._rows(self._sql("SELECT sha256 FROM {images} WHERE id = {p}"), (image_id,)) if op == "add" else []
+        return hashlib.sha256(f"{seq}:{op}:{image_id}:{image[0][0] if image else '-'}".encode()).hexdigest()[:32]
+
     def changes_after(self, seq: int, limit: int = 10_000) -> list[tuple[int, str, int]]:
         """(seq, 'add' | 'delete', image id) of the changes after ``seq``, oldest first, at most ``limit``."""
         rows = self._rows(self._sql("SELECT seq, op, image_id FROM {changes} WHERE seq > {p} ORDER BY seq LIMIT {p}"), (seq, limit))
@@ -261,26 +323,29 @@ class Store(abc.ABC):
     def close(self) -> None: ...
 
 
-def redact_url(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+# A password in any form libpq reads one: URL user-info (scheme://user:PASSWORD@host), a URL query parameter
+# (?password=..., &sslpassword=...), or a keyword DSN (password=... or password='quoted \' value').
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s:/@?#]*:)[^\s@]*(?=@)", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s&;,]*)", re.IGNORECASE)
 
 
-def open_store(directory: str | os.PathLike[str], url: str | None = None, *, readonly: bool = False) -> Store:
-    """The store of a gallery: PostgreSQL at ``url`` (``postgresql://…``), or SQLite in ``directory``."""
+def redact_url(text: str) -> str:
+    """``text`` (a database URL, a keyword DSN, or a message quoting either) with every password replaced by ``***``:
+    for messages and logs."""
+    text = _URL_PASSWORD.sub(r"\g<head>***", text)
+    return _KEYWORD_PASSWORD.sub(r"\g<head>***", text)
+
+
+def open_store(
+    directory: str | os.PathLike[str], url: str | None = None, *, readonly: bool = False, timeouts: StoreTimeouts | None = None
+) -> Store:
+    """The store of a gallery: PostgreSQL at ``url`` (``postgresql://…``, with ``timeouts``), or SQLite in ``directory``."""
     if url:
         if not url.startswith(("postgresql://", "postgres://")):
             raise StoreError(f"store URL {redact_url(url)!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
         from index.pg_store import PostgresStore
 
-        return PostgresStore(url, readonly=readonly)
+        return PostgresStore(url, readonly=readonly, timeouts=timeouts or StoreTimeouts())
     from index.sqlite_store import SQLiteStore
 
     return SQLiteStore(directory, readonly=readonly)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "fsync_dir", "remove_stale_temps"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -18,13 +20,48 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory."""
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(path: Path) -> str:
+    """The name a temporary file for ``path`` starts with: hidden, and naming the writing process, so that what a
+    killed writer left behind can be told from what a live one is writing (``remove_stale_temps``)."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temps(directory: Path, name: str) -> int:
+    """Remove the temporary files of ``directory/name`` whose writer is no longer running; the number removed."""
+    removed = 0
+    for tmp in directory.glob(f".{name}.*{TEMP_SUFFIX}"):
+        pid = tmp.name[len(name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], mode: int = 0o644) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory. ``data``: the bytes, or a function that
+    writes them to the open file (to stream what would be costly to hold in memory at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)  # mkstemp makes 0600
             os.fsync(f.fileno())

@@ -7,8 +7,6 @@ do); with PostgreSQL each has a directory of its own (as replicas on several mac
 
 from __future__ import annotations
 
-import json
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from index.index import SNAPSHOT, ImageIndex, WeightsMismatch
+from index.snapshot import read_snapshot
 from tests.index.helpers import DIM, item
 
 H = "a" * 64
@@ -37,9 +36,7 @@ def eventually(cond: Callable[[], bool], what: str, timeout: float = LAG_BOUND_S
 
 
 def snapshot_seq(directory: Path) -> int:
-    data = (directory / SNAPSHOT).read_bytes()
-    (hlen,) = struct.unpack("<I", data[8:12])
-    return int(json.loads(data[12 : 12 + hlen])["seq"])
+    return int(read_snapshot(directory / SNAPSHOT)[1]["seq"])
 
 
 def test_an_add_by_another_process_is_applied_at_restart_not_skipped(tmp_path: Path, store_url: str | None) -> None:

@@ -1,12 +1,27 @@
-"""The snapshot file by itself: a round trip, and every kind of damage refused by name."""
+"""The snapshot file by itself: a round trip, and every kind of damage refused by name; and a snapshot refused
+when its gallery or history is not the store's."""
 
+from __future__ import annotations
+
+import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 import pytest
 
 from index.snapshot import MAGIC, read_snapshot, write_snapshot
+
+if TYPE_CHECKING:
+    from index.index import ImageIndex
+
+
+def _at_header(data: bytes, byte: bytes) -> bytes:
+    """``data`` with the first byte of its header (the JSON after the body) replaced."""
+    (hlen,) = struct.unpack("<I", data[-4:])
+    at = len(data) - 4 - hlen
+    return data[:at] + byte + data[at + 1 :]
 
 
 def _index() -> faiss.Index:
@@ -28,10 +43,11 @@ def test_round_trip_keeps_the_vectors_ids_and_header(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda b: b[:-10], "checksum"),  # truncated
-        (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "checksum"),  # one bit of the body
+        (lambda b: b[:-10], "truncated"),
+        (lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:], "checksum"),  # one bit of the body
         (lambda b: b"NOTMAGIC" + b[8:], "magic"),
-        (lambda b: b[:12] + b"X" + b[13:], "header"),
+        (lambda b: b[:-4] + struct.pack("<I", 3), "truncated"),  # the header's length
+        (lambda b: _at_header(b, b"X"), "header"),
     ],
 )
 def test_damaged_snapshots_are_refused(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -40,3 +56,97 @@ def test_damaged_snapshots_are_refused(tmp_path: Path, damage, message: str) -> 
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(ValueError, match=message):
         read_snapshot(path)
+
+
+# -- a snapshot belongs to one history of one gallery -------------------------------------------------------
+
+
+def _open(directory: Path, store_url: str | None) -> ImageIndex:
+    from index.index import ImageIndex
+    from tests.index.helpers import DIM
+
+    return ImageIndex(directory, weights_hash="a" * 64, dim=DIM, store_url=store_url, snapshot_every=1)
+
+
+def _recreate(directory: Path, store_url: str | None) -> None:
+    """Drop the gallery's store and make it anew at the same place, keeping the index directory (and its snapshot)."""
+    if store_url is None:
+        for p in directory.glob("store.sqlite*"):
+            p.unlink()
+        return
+    import psycopg
+
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE alexnet_images, alexnet_changes, alexnet_meta")
+
+
+def _finds_itself(idx: ImageIndex, items: list) -> int:  # type: ignore[type-arg]
+    return sum(idx.search(it.vector, k=1)[0][0].id == i for i, it in items)
+
+
+def test_a_snapshot_of_a_store_made_anew_is_rebuilt_not_served(tmp_path: Path, store_url: str | None) -> None:
+    """Before: after the database was dropped and made anew, and written past the old snapshot's stamp, 0 of 4 new
+    images found themselves through a restarted replica (the old history's snapshot was loaded)."""
+    from index.identity import claim_identity
+    from index.store import open_store
+    from tests.index.helpers import DIM, item
+
+    with _open(tmp_path, store_url) as idx:
+        idx.add([item(i) for i in range(6)])
+    assert (tmp_path / "index.faiss").is_file()
+    _recreate(tmp_path, store_url)
+    store = open_store(tmp_path, store_url)  # the new gallery, written by another process
+    try:
+        claim_identity(store, "a" * 64, DIM, None, readonly=False)
+        new = [item(100 + i) for i in range(8)]  # the new history runs past the old stamp (6)
+        ids = [i for i, _, _ in store.add_many(new)]
+    finally:
+        store.close()
+    with _open(tmp_path, store_url) as idx:
+        assert idx.recovered is not None and "another gallery" in idx.recovered
+        assert _finds_itself(idx, list(zip(ids, new, strict=True))) == 8
+        assert idx.check() == []
+
+
+def test_a_snapshot_newer_than_a_restored_backup_is_rebuilt(tmp_path: Path) -> None:
+    """A store restored from an older copy has the same gallery id and reuses change numbers and ids; written past
+    the snapshot's stamp, the change at the stamp is another image, and the snapshot is refused."""
+    import shutil
+
+    from index.store import open_store
+    from tests.index.helpers import item
+
+    backup = tmp_path / "backup"
+    with _open(tmp_path / "g", None) as idx:
+        idx.add([item(i) for i in range(3)])
+    backup.mkdir()
+    shutil.copy(tmp_path / "g" / "store.sqlite", backup / "store.sqlite")  # (closed: the WAL is checkpointed)
+    with _open(tmp_path / "g", None) as idx:
+        idx.add([item(i) for i in range(3, 6)])  # the snapshot now stamps change 6
+    shutil.copy(backup / "store.sqlite", tmp_path / "g" / "store.sqlite")
+    for p in (tmp_path / "g").glob("store.sqlite-*"):
+        p.unlink()
+    store = open_store(tmp_path / "g")
+    try:
+        new = [item(200 + i) for i in range(5)]  # changes 4..8, other images than 4..6 were
+        ids = [i for i, _, _ in store.add_many(new)]
+    finally:
+        store.close()
+    with _open(tmp_path / "g", None) as idx:
+        assert idx.recovered is not None and "another history" in idx.recovered
+        assert _finds_itself(idx, list(zip(ids, new, strict=True))) == 5
+        assert len(idx) == 8
+
+
+def test_temporary_files_of_killed_writers_are_removed_at_open(tmp_path: Path) -> None:
+    import os
+
+    with _open(tmp_path, None):
+        pass
+    dead = tmp_path / ".index.faiss.999999999.abc.tmp"
+    mine = tmp_path / f".index.faiss.{os.getpid()}.def.tmp"  # a live writer's
+    dead.write_bytes(b"x" * 100)
+    mine.write_bytes(b"y")
+    with _open(tmp_path, None):
+        pass
+    assert not dead.exists() and mine.exists()
