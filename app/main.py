@@ -20,11 +20,13 @@ from app.batching import Batcher, Overloaded
 from app.limits import BodySizeLimit, EarlyRefusal, at_capacity
 from app.metrics import Metrics
 from app.observe import RequestTelemetry, configure_logging
+from app.public import Scrubber
 from app.routes import classify, health, images, similar, web
 from app.settings import Settings, get_settings
 from app.state import ClientGone, ServiceState
 from index.index import ImageIndex, ImageIndexError
-from index.store import StoreError, StoreUnavailable
+from index.store import InvalidText, StoreError, StoreUnavailable
+from model.decode_cost import DecodeBudget
 from model.predictor import Predictor
 from model.runtime import apply_memory_setting
 from model.weights import WeightsError
@@ -56,8 +58,10 @@ def settle_garbage_collector() -> None:
     gc.freeze()
 
 
-def load_state(settings: Settings, metrics: Metrics) -> ServiceState:
-    state = ServiceState(settings=settings, metrics=metrics)
+def load_state(settings: Settings, metrics: Metrics, scrub: Scrubber | None = None) -> ServiceState:
+    state = ServiceState(
+        settings=settings, metrics=metrics, decode_budget=DecodeBudget(settings.decode_budget_mb * 2**20), scrub=scrub or Scrubber(settings)
+    )
     try:
         state.predictor = Predictor(
             settings.weights, device=settings.device, max_batch=max(settings.max_batch, 10), precision=settings.precision
@@ -86,6 +90,7 @@ def open_index(state: ServiceState) -> bool:
             snapshot_every=settings.snapshot_every,
             store_url=settings.store_url.get_secret_value() if settings.store_url else None,
             follow_interval=settings.follow_interval_s,
+            store_timeouts=settings.store_timeouts(),
         )
     except (ImageIndexError, StoreError, OSError, ValueError) as e:
         if state.index_problem is None:
@@ -112,13 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_format, settings.log_level.upper())
     apply_memory_setting()  # ALEXNET_RETAIN_FREED_MEMORY (model/runtime.py); a bad value stops the start here
     metrics = Metrics()
+    scrub = Scrubber(settings)  # every answer's text goes through it (app.public)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _size_threads(settings)
         # decoding uploads and index calls run in this pool; bounded so that a burst cannot start hundreds of decoders
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.decode_threads
-        state = load_state(settings, metrics)
+        state = load_state(settings, metrics, scrub)
         retry = None
         if state.index is None and state.index_retryable:
             retry = asyncio.get_running_loop().create_task(retry_open_index(state))
@@ -166,11 +172,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         msgs = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return JSONResponse({"detail": msgs or "invalid request"}, status_code=422)
+        return JSONResponse({"detail": scrub(msgs) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(InvalidText)
+    async def invalid_text(request: Request, exc: InvalidText) -> JSONResponse:
+        return JSONResponse({"detail": scrub(str(exc))}, status_code=422)
 
     @app.exception_handler(StoreUnavailable)
     async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": f"the gallery's store cannot be reached: {exc}"}, status_code=503, headers={"Retry-After": "2"})
+        log.warning("the gallery's store cannot be reached: %s", exc)
+        detail = scrub(f"the gallery's store cannot be reached: {exc}")
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "2"})
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
@@ -186,7 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code in (400, 413, 415):
             metrics.rejected.labels(str(exc.status_code)).inc()
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": scrub(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
 
     for module in (classify, similar, images, health, web):
         app.include_router(module.router)

@@ -6,7 +6,8 @@
 - The access log (logger ``app.access``): method, route template (``/images/{image_id}``, never the
   raw path), status, latency, request id; as text or, with ``ALEXNET_LOG_FORMAT=json``, one JSON
   object per line like every other log line.
-- Metrics per route template (``app.metrics``). A request refused before routing (the body-size cap,
+- Metrics per route template (``app.metrics``); every label comes from a closed set (the standard
+  methods or ``other``, a route template or ``unmatched``, the status the server sent). A request refused before routing (the body-size cap,
   ``app.limits``) is counted under the route it was sent to and as a rejected upload.
 """
 
@@ -26,6 +27,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
+from index.store import redact_url
 
 __all__ = ["REQUEST_ID", "JsonFormatter", "RequestTelemetry", "configure_logging"]
 
@@ -41,6 +43,18 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
         return True
+
+
+class _Redacting(logging.Formatter):
+    """Any formatter's lines with every database password in them redacted (``index.store.redact_url``): a
+    connection string can reach a log line through an exception's text, whoever logs it."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(self.inner.format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,9 +86,18 @@ def configure_logging(fmt: str = "text", level: int | str | None = None) -> None
         handler._alexnet = True  # type: ignore[attr-defined]
         handler.addFilter(_RequestIdFilter())
         root.addHandler(handler)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(_Redacting(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)))
     if level is not None:
         root.setLevel(level)
+
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method_label(method: str) -> str:
+    """A request's method as a metric label and log field: one of ``METHODS``, or ``other``. Clients choose the
+    method freely (any token), and every distinct label value would be a new series kept for the process's life."""
+    return method if method in METHODS else "other"
 
 
 def _route_template(scope: Scope) -> str:
@@ -120,7 +143,7 @@ class RequestTelemetry:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
-            method, route = scope.get("method", ""), _route_template(scope)
+            method, route = _method_label(scope.get("method", "")), _route_template(scope)
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(seconds)
             if status == 413 and scope.get("route") is None:  # the body-size cap answered before any route ran

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Path
 from pydantic import BaseModel, Field
 
-from index.store import MAX_ID, ImageRecord
+from index.store import MAX_ID, MAX_LABEL_CHARS, ImageRecord
 
 if TYPE_CHECKING:
     from model.predictor import Predictor
@@ -113,7 +113,7 @@ class ImageList(BaseModel):
 
 
 class LabelUpdate(BaseModel):
-    label: str | None = Field(max_length=200, description="the new label; null removes it")
+    label: str | None = Field(max_length=MAX_LABEL_CHARS, description="the new label; null removes it")
 
 
 class DeleteResponse(BaseModel):

@@ -10,6 +10,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.store import StoreTimeouts
+from model.decode_cost import DEFAULT_DECODE_BUDGET
+
 __all__ = ["Settings", "get_settings"]
 
 
@@ -25,6 +28,14 @@ class Settings(BaseSettings):
         None,
         description="postgresql://USER:PASSWORD@HOST:PORT/DB: the gallery lives in PostgreSQL, shared by replicas; unset: SQLite",
     )
+    store_lock_timeout_s: float = Field(
+        2.0, gt=0, le=600, description="PostgreSQL: how long an add or delete waits for another session's write lock before it answers 503"
+    )
+    store_statement_timeout_s: float = Field(30.0, gt=0, le=3600, description="PostgreSQL: the longest any one statement may run")
+    store_idle_in_transaction_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="PostgreSQL: the server ends this service's sessions left idle in a transaction after this long"
+    )
+    store_keepalive_s: int = Field(10, ge=1, le=3600, description="PostgreSQL: TCP keepalive idle time of the store's connections")
     follow_interval_s: float = Field(
         0.2, gt=0, le=60, description="how often the index looks for changes other processes made (PostgreSQL also wakes it on NOTIFY)"
     )
@@ -45,6 +56,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body cap; larger bodies get 413 before decoding")
     max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit per image (413 above)")
     max_files: int = Field(16, ge=1, description="images per request")
+    decode_budget_mb: int = Field(
+        DEFAULT_DECODE_BUDGET // 2**20,
+        ge=1,
+        description="MiB of decoded images in flight in the process: an image that needs more than all of it gets 413, "
+        "one that does not fit beside the decodes running now gets 503 with Retry-After",
+    )
     reduced_decoding: bool = Field(
         True,
         description="decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that leaves the pixels the model and the stored copy need",
@@ -79,6 +96,14 @@ class Settings(BaseSettings):
         None, ge=-1, le=1, description="flag adds whose cosine to a stored image is at least this"
     )
     snapshot_every: int = Field(2000, ge=1, description="adds/deletes between FAISS snapshots (the SQLite store is always durable)")
+
+    def store_timeouts(self) -> StoreTimeouts:
+        return StoreTimeouts(
+            lock_s=self.store_lock_timeout_s,
+            statement_s=self.store_statement_timeout_s,
+            idle_in_transaction_s=self.store_idle_in_transaction_timeout_s,
+            keepalive_s=self.store_keepalive_s,
+        )
 
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import Depends, HTTPException, Request
+from PIL import Image
 
 from app.batching import Batcher
 from app.metrics import Metrics
@@ -21,7 +22,8 @@ from app.schemas import ModelInfo, Prediction
 from app.settings import Settings
 from app.uploads import ClientGone, Upload, read_uploads
 from index.index import ImageIndex
-from model.decode import STORE_MAX_SIDE
+from model.decode import STORE_MAX_SIDE, encode_for_store
+from model.decode_cost import DecodeBudget
 from model.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,22 @@ class ServiceState:
     problems: list[str] = field(default_factory=list)
     index_problem: str | None = None  # why the index is not open
     index_retryable: bool = False  # the store could not be reached: app.main.retry_open_index tries again
+    decode_budget: DecodeBudget = field(default_factory=DecodeBudget)
+    scrub: Callable[[str], str] = str  # what answers may say (app.public.Scrubber)
 
     def all_problems(self) -> list[str]:
         return self.problems + ([self.index_problem] if self.index_problem else [])
 
     def model_info(self) -> ModelInfo | None:
         return None if self.predictor is None else ModelInfo.of(self.predictor)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a request keeps of one decoded image: the model's pixels, and the gallery's copy when it stores it."""
+
+    pixels: torch.Tensor  # (1, 3, S, S) uint8, or (1, 10, 3, S, S) with ten_crop (Predictor.pixels)
+    stored: tuple[bytes, str] | None  # encode_for_store's (bytes, suffix)
 
 
 @dataclass
@@ -65,6 +77,7 @@ class ServedModel:
     predictor: Predictor
     batcher: Batcher
     settings: Settings
+    budget: DecodeBudget
 
     @property
     def info(self) -> ModelInfo:
@@ -74,10 +87,9 @@ class ServedModel:
         """Decoding and other CPU work of a request, kept out of the forward passes (see app/batching.py)."""
         return await self.batcher.run_between_forwards(fn, *args, **kwargs)
 
-    async def infer(self, images: list, *, ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probabilities (n, classes) and fc7 (n, 4096) of PIL images (``Predictor.outputs`` combines ten crops)."""
-        # uint8 pixels: normalised once per batch inside the forward (Predictor.pixels)
-        batch = await self.batcher.run_between_forwards(self.predictor.pixels, images, ten_crop)
+    async def infer(self, batch: torch.Tensor, *, ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities (n, classes) and fc7 (n, 4096) of uint8 pixels from ``Predictor.pixels`` (normalised once per
+        batch inside the forward; ``Predictor.outputs`` combines ten crops)."""
         logits, fc7 = await self.batcher.submit(batch.flatten(0, 1) if ten_crop else batch)
         return Predictor.outputs(logits, fc7, ten_crop=ten_crop)
 
@@ -95,9 +107,16 @@ class ServedModel:
         refuses bad text fields before the forward pass.
 
         JPEGs are decoded only as large as needed (``Settings.reduced_decoding``): the preprocessing's shorter
-        side, and with ``store`` (the gallery keeps a copy) the copy's longer side."""
+        side, and with ``store`` (the gallery keeps a copy) the copy's longer side. Each image is reduced to the
+        model's pixels (and the gallery's copy) in the thread that decoded it, within the process's decode budget,
+        and its full-size pixels are freed there."""
         s = self.settings
         reduced = s.reduced_decoding
+        pixels = self.predictor.pixels
+
+        def prepare(image: Image.Image) -> Prepared:
+            return Prepared(pixels([image], ten_crop), encode_for_store(image) if store else None)
+
         async with self.batcher.announce():
             self.batcher.admit()  # a full queue refuses before the body is read: overload costs the server little
             uploads, fields = await read_uploads(
@@ -109,12 +128,14 @@ class ServedModel:
                 min_side=self.predictor.meta.preset.resize_size if reduced else None,
                 min_long_side=STORE_MAX_SIDE if reduced and store else None,
                 run=self.cpu_work,
+                prepare=prepare,
+                budget=self.budget,
             )
             if check_fields is not None:
                 check_fields(fields)
             if await request.is_disconnected():  # nobody would read the answer: leave the network to those who will
                 raise ClientGone
-            probs, fc7 = await self.infer([u.decoded.image for u in uploads], ten_crop=ten_crop)
+            probs, fc7 = await self.infer(torch.cat([u.prepared.pixels for u in uploads]), ten_crop=ten_crop)
         return Inferred(uploads, fields, probs, fc7)
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[list[Prediction]]:
@@ -135,7 +156,7 @@ Ctx = Annotated[ServiceState, Depends(get_state)]
 async def get_model(state: Ctx) -> ServedModel:
     if state.predictor is None or state.batcher is None:
         raise HTTPException(503, f"model not loaded: {'; '.join(state.all_problems()) or 'starting'}")
-    return ServedModel(state.predictor, state.batcher, state.settings)
+    return ServedModel(state.predictor, state.batcher, state.settings, state.decode_budget)
 
 
 async def get_index(state: Ctx) -> ImageIndex:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import HTTPException, Request
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
 from model.decode import Decoded, DecodeError, decode_image
+from model.decode_cost import DecodeBudget
 
 __all__ = ["ClientGone", "Upload", "decode_status", "multipart_body", "read_uploads"]
 
@@ -23,8 +25,22 @@ class ClientGone(Exception):
 
 @dataclass
 class Upload:
+    """One uploaded image as the route keeps it: what the model and the gallery need, never the full-size pixels
+    (they are freed as soon as ``prepare`` has made these, in the thread that decoded them)."""
+
     filename: str | None
-    decoded: Decoded
+    format: str
+    sha256: str  # of the bytes as received
+    width: int  # declared, upright
+    height: int
+    prepared: Any  # what ``read_uploads``'s ``prepare`` made of the decoded image
+
+
+def _decode_and_prepare(data: bytes, prepare: Callable[[Image.Image], Any], **decode: Any) -> tuple[Decoded, Any]:
+    """Decode, make what the request needs, and let the full-size image go: the returned ``Decoded`` holds none."""
+    decoded = decode_image(data, **decode)
+    prepared = prepare(decoded.image)
+    return replace(decoded, image=None), prepared  # type: ignore[arg-type]
 
 
 def multipart_body(*, multiple: bool, fields: dict[str, dict[str, object]] | None = None) -> dict[str, object]:
@@ -39,7 +55,7 @@ def multipart_body(*, multiple: bool, fields: dict[str, dict[str, object]] | Non
 
 
 def decode_status(e: DecodeError) -> int:
-    return {"unsupported": 415, "too_large": 413}.get(e.kind, 400)
+    return {"unsupported": 415, "too_large": 413, "busy": 503}.get(e.kind, 400)
 
 
 async def read_uploads(
@@ -52,10 +68,13 @@ async def read_uploads(
     min_side: int | None = None,
     min_long_side: int | None = None,
     run: Callable[..., Awaitable[Any]] = run_in_threadpool,
+    prepare: Callable[[Image.Image], Any] = lambda image: image,
+    budget: DecodeBudget | None = None,
 ) -> tuple[list[Upload], dict[str, str]]:
-    """The decoded images of fields ``file`` (and ``files`` when ``multiple``), and the text fields.
-    Decoding runs through ``run`` (a worker thread; the service passes ``ServiceState.cpu_work``); a JPEG
-    is decoded at a reduced scale that keeps ``min_side`` and ``min_long_side`` (``decode_image``)."""
+    """The images of fields ``file`` (and ``files`` when ``multiple``), as ``prepare`` made them from their decoded
+    pixels, and the text fields. Decoding and ``prepare`` run together through ``run`` (a worker thread; the
+    service passes ``ServiceState.cpu_work``), one image at a time, each within ``budget``; a JPEG is decoded at
+    a reduced scale that keeps ``min_side`` and ``min_long_side`` (``decode_image``)."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise HTTPException(
@@ -86,11 +105,15 @@ async def read_uploads(
                 raise HTTPException(400, f"field '{name}' must be a file upload, got a text value")
             data = await part.read()
             try:
-                decoded = await run(decode_image, data, max_pixels=max_pixels, min_side=min_side, min_long_side=min_long_side)
+                decoded, prepared = await run(
+                    _decode_and_prepare, data, prepare, max_pixels=max_pixels, min_side=min_side, min_long_side=min_long_side, budget=budget
+                )
             except DecodeError as e:
                 label = part.filename or name
-                raise HTTPException(decode_status(e), f"{label}: {e}") from e
-            uploads.append(Upload(part.filename, decoded))
+                busy = {"Retry-After": "1"} if e.kind == "busy" else None
+                raise HTTPException(decode_status(e), f"{label}: {e}", headers=busy) from e
+            del data
+            uploads.append(Upload(part.filename, decoded.format, decoded.sha256, decoded.width, decoded.height, prepared))
         text = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         return uploads, text
     finally:

@@ -24,9 +24,16 @@ async def readyz(ctx: Ctx) -> Response:
     """Model and index loaded and consistent with each other (503 with the reason otherwise). "degraded" (200):
     the index serves searches but cannot follow the store (it is out of reach, or the index has fallen behind)."""
     if ctx.all_problems() or ctx.predictor is None or ctx.index is None:
-        body = Readiness(status="not ready", detail="; ".join(ctx.all_problems()) or "starting")
+        body = Readiness(status="not ready", detail=ctx.scrub("; ".join(ctx.all_problems()) or "starting"))
         return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
     stats = await run_in_threadpool(ctx.index.stats)
+    # which kind of store and whether it answers; where it is, and where the index lives, are for the log only
+    stats.pop("directory", None)
+    stats["store"] = "postgresql" if ctx.settings.store_url else "sqlite"
+    stats["store_reachable"] = not stats.get("store_error")
+    for key in ("store_error", "recovered"):
+        if key in stats:
+            stats[key] = ctx.scrub(str(stats[key]))
     status, detail = "ready", None
     if stats.get("store_error"):
         status, detail = "degraded", f"searching the index as of change {stats['applied_change']}; adds answer 503: {stats['store_error']}"

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.schemas import AddedImage, AddImagesResponse, DeleteResponse, ErrorResponse, ImageId, ImageList, ImageMeta, LabelUpdate
 from app.state import Ctx, IndexDep, ModelDep
 from app.uploads import multipart_body
-from index.store import MAX_ID, NewImage, StoreError, StoreUnavailable
+from index.store import MAX_ID, MAX_LABEL_CHARS, NewImage, StoreError, StoreUnavailable, check_text
 
 router = APIRouter(tags=["images"])
 
@@ -44,32 +44,22 @@ Authorized = Annotated[None, Depends(require_api_key)]
     status_code=201,
     responses=ERRORS,
     openapi_extra=multipart_body(
-        multiple=True, fields={"label": {"type": "string", "maxLength": 200, "description": "label for every image"}}
+        multiple=True, fields={"label": {"type": "string", "maxLength": MAX_LABEL_CHARS, "description": "label for every image"}}
     ),
 )
 async def add_images(request: Request, ctx: Ctx, model: ModelDep, index: IndexDep, _: Authorized) -> AddImagesResponse:
     """Store images in the index; durable before the answer. The same bytes twice give the same id."""
 
-    def check_label(fields: dict[str, str]) -> None:
-        if len(fields.get("label") or "") > 200:
-            raise HTTPException(422, "label is longer than 200 characters")
+    def check_fields(fields: dict[str, str]) -> None:  # before the forward pass (InvalidText: 422)
+        check_text(fields.get("label"), "the label", MAX_LABEL_CHARS)
 
-    done = await model.read_and_infer(request, multiple=True, store=True, check_fields=check_label)
+    done = await model.read_and_infer(request, multiple=True, store=True, check_fields=check_fields)
     label = done.fields.get("label") or None
-    items = await model.cpu_work(
-        lambda: [
-            NewImage.of(
-                u.decoded.image,
-                sha256=u.decoded.sha256,
-                width=u.decoded.width,
-                height=u.decoded.height,
-                source=f"upload:{u.filename}" if u.filename else "upload",
-                label=label,
-                vector=v.copy(),
-            )
-            for u, v in zip(done.uploads, done.fc7.numpy(), strict=True)
-        ]
-    )
+    items = []
+    for u, v in zip(done.uploads, done.fc7.numpy(), strict=True):
+        encoded, suffix = u.prepared.stored  # the copy made from the decoded pixels (never the uploaded bytes)
+        source = f"upload:{u.filename}" if u.filename else "upload"
+        items.append(NewImage(v.copy(), u.sha256, encoded, suffix, u.width, u.height, source=source, label=label))
     try:
         results = await run_in_threadpool(index.add, items, near_duplicate_threshold=ctx.settings.near_duplicate_threshold)
     except StoreUnavailable as e:
@@ -133,8 +123,8 @@ async def list_images(
     index: IndexDep,
     after: int = Query(0, ge=0, le=MAX_ID, description="the last id of the previous page (keyset pagination); 0 for the first"),
     limit: int = Query(50, ge=1, le=1000, description="images per page"),
-    label: list[str] | None = Query(None, max_length=200, description="only images with this label (repeat for several, 50 at most)"),
-    source: str | None = Query(None, max_length=1000, description="only images whose source starts with this (exact, case-sensitive)"),
+    label: list[str] | None = Query(None, description="only images with this label (repeat for several, 50 at most)"),
+    source: str | None = Query(None, description="only images whose source starts with this (exact, case-sensitive)"),
 ) -> ImageList:
     """The gallery in id order, a page at a time. Pages stay consistent while images are added or deleted: a page
     starts after the last id of the one before, never at an offset."""

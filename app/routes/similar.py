@@ -17,9 +17,9 @@ ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorResponse} for s 
 K = Query(10, ge=1, le=100, description="how many similar images per query")
 MIN_SCORE = Query(None, ge=-1, le=1, description="leave out results below this cosine similarity")
 LABEL = Query(
-    None, max_length=200, description="only images with this label (repeat for several, 50 filters at most); filtered inside the search"
+    None, description="only images with this label (repeat for several, 50 filters at most); filtered inside the search"
 )
-EXCLUDE_LABEL = Query(None, max_length=200, description="no images with this label (repeat for several, 50 filters at most)")
+EXCLUDE_LABEL = Query(None, description="no images with this label (repeat for several, 50 filters at most)")
 MAX_LABELS = 50
 
 
