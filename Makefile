@@ -9,13 +9,14 @@ DATA_DIR ?= data
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev
 
-.PHONY: run test lint typecheck pytest install bench system-deps clean help docker-smoke smoke
+.PHONY: run test lint typecheck pytest install bench system-deps clean help docker-smoke smoke fuzz
 
 help:
 	@echo "make run    - train the default model if needed, build the gallery index, serve on http://127.0.0.1:8000"
 	@echo "make test   - create .venv, install, run ruff, mypy and the whole test suite"
 	@echo "make bench  - run the benchmarks and print their figures (BENCH_ARGS=--quick: under 10 minutes)"
 	@echo "make docker-smoke - build the image and prove docker compose up end to end (root, Docker engine)"
+	@echo "make fuzz   - fuzz the decoder and the multipart parser with atheris (FUZZ_SECONDS each, default 300)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +53,15 @@ smoke:
 bench:
 	$(MAKE) install EXTRAS=dev,bench
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# coverage-guided fuzzing (atheris, the `fuzz` extra): new inputs land in tests/fuzz/corpus, which `make test` replays
+FUZZ_SECONDS ?= 300
+fuzz:
+	$(MAKE) install EXTRAS=dev,fuzz
+	$(BIN)/python -m tests.fuzz.seeds
+	for target in decode multipart; do \
+	  $(BIN)/python -m tests.fuzz.run $$target -max_total_time=$(FUZZ_SECONDS) -max_len=262144 -timeout=10 -rss_limit_mb=4096 || exit 1; \
+	done
 
 run:
 	@bash docker/entrypoint.sh run
