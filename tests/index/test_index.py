@@ -191,3 +191,19 @@ def test_duplicates_inside_one_batch_are_stored_once(tmp_path: Path) -> None:
         results = idx.add([item(1), item(2), item(1)])
         assert [(r.id, r.created) for r in results] == [(1, True), (2, True), (1, False)]
         assert len(idx) == 2 and idx.check() == []
+
+
+def test_a_committed_add_whose_faiss_update_fails_is_kept_and_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An explicit compressed factory on a gallery too small to train it: the add is durable and answered (it used to
+    raise, a 500 in the service), and the follower, which retries, logs the failure once, not at every cycle."""
+    import logging
+    import time
+
+    caplog.set_level(logging.WARNING)
+    with open_index(tmp_path, factory="PCA16,IVF64,Flat", follow_interval=0.02) as idx:
+        (added,) = idx.add([item(1)])
+        assert added.created and idx.store.count() == 1
+        time.sleep(0.5)  # about 25 follower cycles
+        failures = [r for r in caplog.records if r.name == "index.follow" and "failed" in r.getMessage()]
+        assert len(failures) == 1, [r.getMessage() for r in failures]
+        assert idx.follow_status()["store_error"].startswith("applying the store's changes failed")
