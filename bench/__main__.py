@@ -3,6 +3,7 @@
 python -m bench            (or: make bench)
 python -m bench --quick    every figure with shorter measuring windows, except search at 10^6 vectors (about 2.5
                            minutes more: `python -m bench search`); under 10 minutes on 2 cores
+python -m bench filter     one benchmark by name (filter: listings and searches by label and source at 10^5 images)
 python -m bench gallery    the shared-gallery benchmark (several processes on one store), run only when named
 """
 
@@ -14,12 +15,20 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["bench.model_bench", "bench.decode_bench", "bench.service_bench", "bench.photo_bench", "bench.search_bench"]
+BENCHES = [
+    "bench.model_bench",
+    "bench.decode_bench",
+    "bench.service_bench",
+    "bench.photo_bench",
+    "bench.search_bench",
+    "bench.filter_bench",
+]
 # --quick: each bench's shorter measuring windows (the figures are the same, noisier), and search at 10^5 vectors only
 QUICK = {
     "bench.service_bench": ["--seconds", "3", "--concurrency", "1,16"],
     "bench.photo_bench": ["--seconds", "2", "--warmup", "0.5"],
     "bench.search_bench": ["--sizes", "100000", "--queries", "200"],
+    "bench.filter_bench": ["--store", "sqlite"],
 }
 ON_REQUEST = ["bench.gallery_bench"]  # run only when named: `python -m bench gallery` (~8 minutes)
 

@@ -361,7 +361,7 @@ class ImageIndex:
         extra = len(exclude or ())
         selector, keep = None, None
         # while the follower finds the store out of reach, searches do not wait on it for each request
-        away = self._follower.unreachable if self._follower is not None else None
+        away = self._away()
         if away and (labels or exclude_labels):
             raise StoreUnavailable(f"label filters need the store, which cannot be reached: {away}")
         if labels or exclude_labels:
@@ -389,13 +389,26 @@ class ImageIndex:
             results.append(row[:k])
         return results
 
+    def _away(self) -> str | None:
+        """Why the follower finds the store out of reach, while it does (it looks again every interval)."""
+        return self._follower.unreachable if self._follower is not None else None
+
+    def _reachable(self) -> None:
+        """Refuse a read at once while the store is known to be out of reach, instead of each request waiting out the
+        connection timeout."""
+        away = self._away()
+        if away:
+            raise StoreUnavailable(away)
+
     def get(self, image_id: int) -> ImageRecord | None:
+        self._reachable()
         return self.store.get(image_id)
 
     def records(
         self, *, after: int = 0, limit: int = 100, labels: Sequence[str] | None = None, source_prefix: str | None = None
     ) -> list[ImageRecord]:
         """A page of the gallery in id order, after id ``after`` (keyset pagination), filtered by label and source prefix."""
+        self._reachable()
         return self.store.list_records(after=after, limit=limit, labels=labels, source_prefix=source_prefix)
 
     def set_label(self, image_id: int, label: str | None) -> ImageRecord | None:
@@ -405,10 +418,12 @@ class ImageIndex:
         return self.store.set_label(image_id, label)
 
     def vector(self, image_id: int) -> np.ndarray | None:
+        self._reachable()
         return self.store.vector(image_id)
 
     def image_data(self, image_id: int) -> tuple[bytes, str] | None:
         """The stored, re-encoded image (bytes, suffix), or None."""
+        self._reachable()
         return self.store.image_data(image_id)
 
     def stats(self) -> dict[str, Any]:
