@@ -123,3 +123,29 @@ def test_pages_filters_and_label_changes(store: Store) -> None:
     assert store.ids_with_labels(["b"]).tolist() == [4, 6] and store.set_label(99, "x") is None
     assert store.set_label(2, None).label is None  # type: ignore[union-attr]
     assert store.last_seq() == 7  # a label is not a change of the vectors: nothing logged
+
+
+def test_sqlite_reads_never_wait_behind_a_write_that_waits_for_another_process(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock; this process's add waits for it (up to the busy timeout, holding
+    the writing connection), and its reads meanwhile answer at once from their own connection (they used to queue
+    behind the waiting writer for up to 10 s)."""
+    import sqlite3
+    import time
+
+    store = open_store(tmp_path)
+    try:
+        store.add_many([item(1)])
+        other = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)  # as another process would
+        other.execute("BEGIN IMMEDIATE")
+        writer = threading.Thread(target=store.add_many, args=([item(2)],))
+        writer.start()
+        time.sleep(0.3)  # the add is waiting for the lock
+        start = time.monotonic()
+        assert store.count() == 1 and store.get(1) is not None and store.list_records(labels=["L1"])
+        assert time.monotonic() - start < 1.0
+        other.execute("ROLLBACK")
+        writer.join(15)
+        other.close()
+        assert store.count() == 2  # the add went through once the lock was free
+    finally:
+        store.close()
