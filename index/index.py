@@ -6,10 +6,9 @@
 - ``auto`` (the service's default factory) is exact below ``auto_threshold`` vectors and
   ``PCA256,IVF<nlist>,Flat`` above (``index.factory``), rebuilt in a background thread when the
   collection crosses a size step; searches and adds go on against the old index meanwhile.
-- The snapshot ``index.faiss`` (``index.snapshot``) holds the index and the last change it holds;
-  a damaged or foreign one is rebuilt from the store. Other weights are refused (``index.identity``).
-- Searches run concurrently; installing changes takes the writer side of a lock, for as long as the
-  FAISS calls take (the store is read before).
+- The snapshot (``index.snapshot``) holds the index and the last change it holds; a damaged one, or one of
+  another gallery or history, is rebuilt from the store. Other weights are refused (``index.identity``).
+  Searches run concurrently; installing changes takes a writer lock for the FAISS calls only.
 """
 
 from __future__ import annotations
@@ -27,15 +26,15 @@ import faiss
 import numpy as np
 
 from index.changes import Cancelled, build_from_store, catch_up, fetch, install
+from index.consistency import sampled_problems
 from index.errors import ImageIndexError, WeightsMismatch
 from index.factory import AUTO, DEFAULT_DIM, auto_factory, is_exact, rescore, search_candidates, selector_for, tune
 from index.follow import Follower
 from index.identity import claim_identity, gallery_id
 from index.results import AddResult, Hit
 from index.rwlock import RWLock
-from index.snapshot import SNAPSHOT, SnapshotUnusable, load_snapshot, write_snapshot
+from index.snapshot import SNAPSHOT, SnapshotFile
 from index.store import ImageRecord, NewImage, Store, StoreError, StoreTimeouts, StoreUnavailable, open_store
-from model.files import remove_stale_temps
 from model.vectors import l2_normalise as normalise
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,6 @@ class ImageIndex:
         self._rebuild_thread: threading.Thread | None = None
         self._closing = False  # stops a background rebuild and the follower
         self._failed: str | None = None  # a factory whose background build failed
-        self.recovered: str | None = None  # why the snapshot was rebuilt at open, if it was
         self._lock = RWLock()  # searches read; installing changes into self.index writes
         self._sync_mutex = threading.RLock()  # one changer of the FAISS index at a time: adds, deletes, syncs, swaps
         self._tombstones: set[int] = set()  # deleted ids an index type cannot remove (HNSW); filtered out
@@ -95,10 +93,9 @@ class ImageIndex:
             raise ImageIndexError(str(e)) from e
         self.weights_hash, self.dim, self.configured = claim_identity(self.store, weights_hash, dim, factory, readonly=readonly)
         self.gallery_id = gallery_id(self.store, readonly=readonly)
-        if not readonly:
-            removed = remove_stale_temps(self.dir, SNAPSHOT)
-            if removed:
-                log.info("index %s: removed %d temporary snapshot files a killed writer left", self.dir, removed)
+        self.snapshot = SnapshotFile(
+            self.dir, self.store, weights_hash=self.weights_hash, dim=self.dim, gallery_id=self.gallery_id, readonly=readonly
+        )
         self.factory = self._wanted(self.store.count())  # the factory of the index in memory (the snapshot's may differ)
         self._load()
         if not readonly:
@@ -116,28 +113,6 @@ class ImageIndex:
 
     # -- snapshot --------------------------------------------------------------------------------
 
-    @property
-    def snapshot_path(self) -> Path:
-        return self.dir / SNAPSHOT
-
-    def _read_snapshot(self) -> tuple[faiss.Index, int, str] | None:
-        p = self.snapshot_path
-        if not p.is_file():
-            return None
-        try:
-            return load_snapshot(
-                p,
-                weights_hash=self.weights_hash,
-                dim=self.dim,
-                last_seq=self.store.last_seq(),
-                gallery_id=self.gallery_id,
-                fingerprint=self.store.change_fingerprint,
-            )
-        except SnapshotUnusable as e:
-            log.warning("snapshot %s unusable (%s); rebuilding from the store", p, e)
-            self.recovered = f"{p} was unusable ({e}) and was rebuilt from the store"
-            return None
-
     def save_snapshot(self) -> None:
         """Write ``index.faiss`` atomically, stamped with the last change the index holds."""
         if self.readonly:
@@ -149,22 +124,11 @@ class ImageIndex:
         """(Holding the sync mutex: nothing changes the index meanwhile, searches go on.) Tombstones force a rebuild first."""
         if self._tombstones:
             self._replace(*self._fresh(self.factory))
-        header = {
-            "seq": self.applied_seq,
-            "weights_hash": self.weights_hash,
-            "dim": self.dim,
-            "factory": self.factory,
-            "gallery_id": self.gallery_id,
-            "fingerprint": self.store.change_fingerprint(self.applied_seq),
-        }
-        try:
-            write_snapshot(self.snapshot_path, self.index, header)
-        except OSError as e:
-            raise StoreError(f"{self.snapshot_path}: cannot write the index snapshot ({e})") from e
+        self.snapshot.write(self.index, self.applied_seq, self.factory)
         self._changes_since_snapshot = 0
 
     def _load(self) -> None:
-        snap = self._read_snapshot()
+        snap = self.snapshot.read()
         if snap is None:
             self.index, self.applied_seq, self._tombstones = self._fresh(self.factory)
             if not self.readonly and len(self):
@@ -390,14 +354,11 @@ class ImageIndex:
         return results
 
     def _away(self) -> str | None:
-        """Why the follower finds the store out of reach, while it does (it looks again every interval)."""
+        """Why the follower finds the store out of reach, while it does: reads are refused at once meanwhile."""
         return self._follower.unreachable if self._follower is not None else None
 
     def _reachable(self) -> None:
-        """Refuse a read at once while the store is known to be out of reach, instead of each request waiting out the
-        connection timeout."""
-        away = self._away()
-        if away:
+        if away := self._away():
             raise StoreUnavailable(away)
 
     def get(self, image_id: int) -> ImageRecord | None:
@@ -440,34 +401,25 @@ class ImageIndex:
             "rebuilding": bool(self._rebuild_thread and self._rebuild_thread.is_alive()),
             "weights_hash": self.weights_hash,
             "last_change": self.applied_seq,
-            "snapshot": self.snapshot_path.is_file(),
+            "snapshot": self.snapshot.path.is_file(),
             **self.follow_status(),
-            **({"recovered": self.recovered} if self.recovered else {}),
+            **({"recovered": self.snapshot.recovered} if self.snapshot.recovered else {}),
         }
 
     def check(self, sample: int = 64) -> list[str]:
-        """Disagreements between index, store and image files (empty when consistent): the counts, and the contents of
-        up to ``sample`` stored images spread over the gallery, each searched with its stored vector (an index built
-        from other vectors, or from another history of the gallery, fails this while its counts agree)."""
-        problems = []
+        """Disagreements between index, store and image files (empty when consistent): counts, and contents
+        (``index.consistency``: up to ``sample`` stored images, each searched with its own stored vector)."""
         with self._sync_mutex:
             self._sync()
             n_store, n_index = self.store.count(), len(self)
-            ids = self.store.all_ids()
-            picked = ids[np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(int)] if len(ids) else ids
-            found, vectors = self.store.vectors([int(i) for i in picked])
-            if len(found):  # (an all-zero vector, an all-black image's fc7, is near nothing, itself included)
-                nonzero = np.linalg.norm(vectors, axis=1) > 0.5
-                found, vectors = found[nonzero], vectors[nonzero]
-            with self._lock.read():
-                hits = self._search_locked(vectors, 10) if len(found) else []
-        if n_store != n_index:
-            problems.append(f"store has {n_store} images, FAISS index {n_index}")
-        # an exact index finds each stored vector as itself (or a tie); a compressed one may rank it a little lower
-        missing = [int(i) for i, row in zip(found, hits, strict=True) if not any(h == i and s > 0.99 for h, s in row)]
-        if missing:
-            problems.append(f"{len(missing)} of {len(found)} sampled images are not found by their own stored vectors (ids {missing[:5]})")
-        return problems + self.store.check()
+
+            def search(vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+                with self._lock.read():
+                    return self._search_locked(vectors, k)
+
+            unfound = sampled_problems(self.store, search, sample)
+        counts = [f"store has {n_store} images, FAISS index {n_index}"] if n_store != n_index else []
+        return counts + unfound + self.store.check()
 
     def close(self) -> None:
         self._closing = True  # a background rebuild stops at its next batch; the store has everything

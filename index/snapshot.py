@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -24,9 +25,12 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
-from model.files import atomic_write
+from index.store import Store, StoreError
+from model.files import atomic_write, remove_stale_temps
 
-__all__ = ["MAGIC", "SNAPSHOT", "SnapshotUnusable", "load_snapshot", "read_snapshot", "write_snapshot"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MAGIC", "SNAPSHOT", "SnapshotFile", "SnapshotUnusable", "load_snapshot", "read_snapshot", "write_snapshot"]
 
 SNAPSHOT = "index.faiss"
 MAGIC = b"ALEXIDX2"
@@ -110,3 +114,45 @@ def read_snapshot(path: Path) -> tuple[faiss.Index, dict[str, Any]]:
     except RuntimeError as e:
         raise ValueError(f"FAISS cannot read it ({str(e).splitlines()[-1]})") from e
     return index, header
+
+
+class SnapshotFile:
+    """The snapshot of one gallery's index in ``directory``, as ``ImageIndex`` uses it: loaded only when it belongs
+    to this gallery, this history and these weights; set aside (``index.faiss.unusable``, kept for a look) when it
+    does not; written with the stamp of the change it holds. Opening removes what killed writers left."""
+
+    def __init__(self, directory: Path, store: Store, *, weights_hash: str, dim: int, gallery_id: str, readonly: bool) -> None:
+        self.path, self.store, self.readonly = directory / SNAPSHOT, store, readonly
+        self.weights_hash, self.dim, self.gallery_id = weights_hash, dim, gallery_id
+        self.recovered: str | None = None  # why it was unusable at open, if it was
+        if not readonly and (removed := remove_stale_temps(directory, SNAPSHOT)):
+            log.info("%s: removed %d temporary snapshot files a killed writer left", directory, removed)
+
+    def read(self) -> tuple[faiss.Index, int, str] | None:
+        """(index, last change it holds, factory), or None when there is none or it is unusable (``recovered`` says why)."""
+        if not self.path.is_file():
+            return None
+        try:
+            return load_snapshot(
+                self.path, weights_hash=self.weights_hash, dim=self.dim, last_seq=self.store.last_seq(), gallery_id=self.gallery_id,
+                fingerprint=self.store.change_fingerprint,
+            )  # fmt: skip
+        except SnapshotUnusable as e:
+            aside = self.path.with_name(self.path.name + ".unusable")
+            if not self.readonly:
+                try:
+                    self.path.replace(aside)
+                except OSError:
+                    pass
+            log.warning("snapshot %s unusable (%s); set aside as %s and rebuilt from the store", self.path, e, aside.name)
+            self.recovered = f"{self.path} was unusable ({e}) and was rebuilt from the store"
+            return None
+
+    def write(self, index: faiss.Index, seq: int, factory: str) -> None:
+        """Write ``index``, which holds the store's changes up to ``seq``; ``StoreError`` when it cannot be written."""
+        header = {"seq": seq, "factory": factory, "fingerprint": self.store.change_fingerprint(seq), "weights_hash": self.weights_hash,
+                  "dim": self.dim, "gallery_id": self.gallery_id}  # fmt: skip
+        try:
+            write_snapshot(self.path, index, header)
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot write the index snapshot ({e})") from e

@@ -103,7 +103,7 @@ def test_a_snapshot_of_a_store_made_anew_is_rebuilt_not_served(tmp_path: Path, s
     finally:
         store.close()
     with _open(tmp_path, store_url) as idx:
-        assert idx.recovered is not None and "another gallery" in idx.recovered
+        assert idx.snapshot.recovered is not None and "another gallery" in idx.snapshot.recovered
         assert _finds_itself(idx, list(zip(ids, new, strict=True))) == 8
         assert idx.check() == []
 
@@ -133,7 +133,7 @@ def test_a_snapshot_newer_than_a_restored_backup_is_rebuilt(tmp_path: Path) -> N
     finally:
         store.close()
     with _open(tmp_path / "g", None) as idx:
-        assert idx.recovered is not None and "another history" in idx.recovered
+        assert idx.snapshot.recovered is not None and "another history" in idx.snapshot.recovered
         assert _finds_itself(idx, list(zip(ids, new, strict=True))) == 5
         assert len(idx) == 8
 
