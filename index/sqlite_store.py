@@ -125,7 +125,10 @@ class SQLiteStore(Store):
         self._read_lock = threading.Lock()  # the reading one
 
     def _migrate(self) -> None:
-        """Create the schema, or bring an older one up to SCHEMA_VERSION (``PRAGMA user_version``)."""
+        """Create the schema, or bring an older one up to SCHEMA_VERSION (``PRAGMA user_version``). A store already at
+        this version is opened without the write lock (another process may hold it for as long as an add takes)."""
+        if int(self._db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])

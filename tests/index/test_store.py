@@ -149,3 +149,41 @@ def test_sqlite_reads_never_wait_behind_a_write_that_waits_for_another_process(t
         assert store.count() == 2  # the add went through once the lock was free
     finally:
         store.close()
+
+
+def test_label_and_source_filters_are_served_by_indexes(store: Store) -> None:
+    """Schema 2 indexes label and source: a filtered listing reads the matching rows, not the table
+    (bench/RESULTS.md, "Filters at 10^5 images", has the times)."""
+    store.add_many([item(i) for i in range(20)])
+    where, params = store._filters(["L1"], "test:1")
+    sql = store._sql(f"SELECT id FROM {{images}} WHERE id > {{p}}{where} ORDER BY id LIMIT {{p}}")
+    if store.marker == "?":
+        plan = " ".join(str(r[-1]) for r in store._rows(f"EXPLAIN QUERY PLAN {sql}", [0, *params, 50]))
+    else:
+        with store._conn("plan") as conn:  # type: ignore[attr-defined]
+            conn.execute("SET enable_seqscan = off")  # (on 20 rows the planner would rightly scan)
+            plan = " ".join(r[0] for r in conn.execute(f"EXPLAIN {sql}", [0, *params, 50]).fetchall())
+    assert "images_label" in plan or "images_source" in plan, plan
+
+
+def test_opening_a_gallery_takes_no_write_lock_when_nothing_is_left_over(tmp_path: Path) -> None:
+    """Cleanup looks for leftovers outside any transaction: a process opening the gallery while another holds the
+    write lock opens at once (it used to wait out the busy timeout, 10 s, walking images/ under the lock)."""
+    import sqlite3
+    import time
+
+    from index.index import ImageIndex
+
+    with ImageIndex(tmp_path, weights_hash="a" * 64, dim=DIM) as idx:
+        idx.add([item(i) for i in range(5)])
+    other = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        start = time.monotonic()
+        with ImageIndex(tmp_path, weights_hash="a" * 64, dim=DIM) as idx:
+            assert len(idx) == 5
+            opened = time.monotonic() - start
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert opened < 2, f"opening took {opened:.1f} s"
