@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from tests.app.conftest import image_bytes, upload
 
@@ -34,4 +37,11 @@ def test_several_files_and_ten_crop(client: TestClient) -> None:
     assert [p["index"] for p in one] == [p["index"] for p in r.json()["results"][1]["predictions"]]
     tc = client.post("/classify?k=4&ten_crop=true", files=upload())
     assert tc.status_code == 200 and tc.json()["ten_crop"] is True
-    assert abs(sum(p["probability"] for p in tc.json()["results"][0]["predictions"]) - 1) < 1e-4
+    got = {p["index"]: p["probability"] for p in tc.json()["results"][0]["predictions"]}
+    assert abs(sum(got.values()) - 1) < 1e-4
+    # the same average as the model's own ten-crop path, and not the single crop's answer
+    predictor = client.app.state.service.predictor  # type: ignore[attr-defined]
+    expected = predictor.classify([Image.open(io.BytesIO(image_bytes())).convert("RGB")], k=4, ten_crop=True)[0]
+    assert all(abs(got[p.index] - p.probability) < 1e-5 for p in expected)
+    single = {p["index"]: p["probability"] for p in client.post("/classify?k=4", files=upload()).json()["results"][0]["predictions"]}
+    assert max(abs(got[i] - single[i]) for i in got) > 1e-6

@@ -83,9 +83,20 @@ def test_classify_gives_top_k_sorted_probabilities(predictor: Predictor) -> None
         predictor.classify([_image(1)], k=5)
 
 
-def test_ten_crop_softmax_is_a_distribution(predictor: Predictor) -> None:
-    preds = predictor.classify([_image(3)], k=4, ten_crop=True)[0]
-    assert sum(p.probability for p in preds) == pytest.approx(1.0, abs=1e-5)
+def test_ten_crop_averages_the_softmax_of_ten_distinct_patches(predictor: Predictor) -> None:
+    """Section 4.1: the four corners and the centre, and their mirrors; the softmax averaged over the ten."""
+    image = _image(3)
+    crops = predictor.preprocess([image], ten_crop=True)[0]  # (10, 3, S, S)
+    assert len({c.numpy().tobytes() for c in crops}) == 10  # ten different patches
+    corners = {c.flip(-1).numpy().tobytes() for c in crops[:4]}
+    assert {c.numpy().tobytes() for c in crops[5:9]} == corners  # the mirrored image's corners mirror the corners
+    assert torch.equal(crops[4], predictor.preprocess([image])[0])  # the centre crop is the single crop's
+    each = torch.cat([predictor.probabilities(c[None]) for c in crops])  # one patch at a time
+    preds = predictor.classify([image], k=4, ten_crop=True)[0]
+    got = {p.index: p.probability for p in preds}
+    assert [got[i] for i in range(4)] == pytest.approx(each.mean(0).tolist(), abs=1e-5)
+    single = {p.index: p.probability for p in predictor.classify([image], k=4)[0]}
+    assert max(abs(got[i] - single[i]) for i in range(4)) > 1e-6  # (ignoring ten_crop would give these)
 
 
 def test_batch_and_single_give_the_same_answers(predictor: Predictor) -> None:
