@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from index.index import AddResult, ImageIndex
 from index.store import NewImage
+from model.console import progress as progress_bar
 from model.datasets import fashion_mnist, image_files, read_image
 from model.decode import DEFAULT_MAX_PIXELS, STORE_MAX_SIDE, DecodeError
 from model.predictor import Predictor
@@ -168,7 +168,7 @@ def build_index(
     ds = images_from_source(source, predictor, data_dir=data_dir, labels_from_folders=labels_from_folders, limit=limit)
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     report = BuildReport()
-    with tqdm(total=len(ds), desc="fc7", unit="img", disable=not progress, dynamic_ncols=True) as bar:  # type: ignore[arg-type]
+    with progress_bar(total=len(ds), desc="fc7", unit="img", disable=not progress) as bar:  # type: ignore[arg-type]
         for items, bad in _batches(ds, batch_size, workers):
             for src, reason in bad:
                 log.warning("skipped %s: %s", src, reason)

@@ -18,8 +18,13 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-__all__ = ["COMMANDS", "main", "version"]
+from tqdm import tqdm
+
+__all__ = ["COMMANDS", "LogProgress", "main", "progress", "version"]
 
 # subcommand -> (module with main(argv) and ERRORS, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,6 +38,64 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("index.cli", "build, add to, search and inspect a similarity index"),
     "serve": ("app.cli", "start the HTTP service"),
 }
+
+def progress(
+    iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str, unit: str = "it", initial: int = 0,
+    disable: bool = False, every_s: float = 5.0,
+) -> Any:  # fmt: skip
+    """A progress bar (tqdm) on a terminal; elsewhere (a log file, ``docker compose logs``, CI) a log line with the same
+    figures at most every ``every_s`` seconds and at the end, instead of carriage-return updates that pile up into one
+    line of hundreds of kilobytes. Both take tqdm's calls: iteration, ``update``, ``set_postfix``, ``close``, ``with``."""
+    if disable or sys.stderr.isatty():
+        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable, dynamic_ncols=True)
+    return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, every_s=every_s)
+
+
+class LogProgress:
+    """tqdm's interface, writing ``desc: n/total unit (rate unit/s, postfix)`` to the log now and then."""
+
+    def __init__(self, iterable: Iterable[Any] | None, *, total: int | None, desc: str, unit: str, initial: int, every_s: float) -> None:
+        self.iterable, self.desc, self.unit, self.every_s = iterable, desc, unit, every_s
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)  # type: ignore[arg-type]
+        self.n = self._start_n = initial
+        self.postfix = ""
+        self._start = self._last = time.monotonic()
+        self._closed = False
+        self.log = logging.getLogger("progress")
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable or ():
+            yield item
+            self.update(1)
+        self.close()
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self._last >= self.every_s:
+            self._write()
+
+    def set_postfix(self, **values: object) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._write()
+
+    def _write(self) -> None:
+        now = time.monotonic()
+        self._last = now
+        rate = (self.n - self._start_n) / max(now - self._start, 1e-9)
+        of = f"/{self.total}" if self.total is not None else ""
+        extra = f", {self.postfix}" if self.postfix else ""
+        self.log.info("%s: %d%s %s (%.1f %s/s%s)", self.desc, self.n, of, self.unit, rate, self.unit, extra)
+
 
 # commands that run forward passes in this process; ``serve`` applies the setting in each worker (app/main.py)
 MODEL_COMMANDS = frozenset({"classify", "train", "evaluate", "calibrate", "index"})

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from model.console import progress as progress_bar
 from model.predictor import Predictor
 from training.data import Source
 
@@ -25,7 +25,8 @@ def evaluate_predictor(
     k = min(5, len(predictor.class_names))
     c1 = c5 = 0
     confusion = np.zeros((len(source.class_names),) * 2, dtype=np.int64)
-    for start in tqdm(range(0, n, batch_size), desc="evaluate" + (" (10-crop)" if ten_crop else ""), disable=not progress, unit="batch"):
+    desc = "evaluate" + (" (10-crop)" if ten_crop else "")
+    for start in progress_bar(range(0, n, batch_size), desc=desc, disable=not progress, unit="batch"):
         idx = range(start, min(n, start + batch_size))
         probs = predictor.probabilities(predictor.preprocess([source.pil_image(i) for i in idx], ten_crop=ten_crop))
         labels = torch.tensor([source.label(i) for i in idx])

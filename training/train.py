@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from model.alexnet import AlexNet, AlexNetConfig, pool5_size
+from model.console import progress as progress_bar
 from model.preprocess import Preset
 from training import parallel
 from training.augment import augment_batch, centre_batch, pca_stats
@@ -248,13 +248,12 @@ class Trainer:
         seen = loss_sum = correct = 0.0
         start = time.perf_counter()
         base_elapsed = self.elapsed
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps_per_epoch,
             initial=self.batch_in_epoch,
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
             unit="step",
             disable=not self.progress_bar,
-            dynamic_ncols=True,
         )
         for i, images, labels in self._epoch_batches():
             if self.stop_at_step is not None and self.step >= self.stop_at_step:

@@ -43,6 +43,8 @@ def test_build_from_folder_skips_non_images_and_stores_reencoded_copies(tmp_path
     assert r.returncode == 0, r.stderr
     assert "added 9, exact duplicates 1, skipped 2" in r.stdout
     assert "notes.txt" in r.stdout and "photo.jpg" in r.stdout
+    # not a terminal: the progress is a log line (the last one, at least), never carriage-return redraws
+    assert "\r" not in r.stderr and "fc7: 12/12 img" in r.stderr, r.stderr
     stats = json.loads(cli("stats", "--index", str(idx_dir)).stdout)
     assert stats["images"] == 9 and stats["problems"] == []
     with ImageIndex(idx_dir, weights_hash=Predictor(small_weights).weights_hash) as idx:
