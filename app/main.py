@@ -11,21 +11,20 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 import faiss
 import torch
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
 
-from app.batching import Batcher, Overloaded
-from app.limits import BodySizeLimit, EarlyRefusal, at_capacity
+from app.batching import Batcher
+from app.errors import register as register_errors
+from app.limits import BodySizeLimit, EarlyRefusal
 from app.metrics import Metrics
 from app.observe import RequestTelemetry, configure_logging
 from app.public import Scrubber
 from app.routes import classify, health, images, similar, web
 from app.settings import Settings, get_settings
-from app.state import ClientGone, ServiceState
+from app.state import ServiceState
 from index.index import ImageIndex, ImageIndexError
-from index.store import InvalidText, StoreError, StoreUnavailable
+from index.store import StoreError, StoreUnavailable
 from model.decode_cost import DecodeBudget
 from model.predictor import Predictor
 from model.runtime import apply_memory_setting
@@ -169,37 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        msgs = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return JSONResponse({"detail": scrub(msgs) or "invalid request"}, status_code=422)
-
-    @app.exception_handler(InvalidText)
-    async def invalid_text(request: Request, exc: InvalidText) -> JSONResponse:
-        return JSONResponse({"detail": scrub(str(exc))}, status_code=422)
-
-    @app.exception_handler(StoreUnavailable)
-    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        log.warning("the gallery's store cannot be reached: %s", exc)
-        detail = scrub(f"the gallery's store cannot be reached: {exc}")
-        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "2"})
-
-    @app.exception_handler(Overloaded)
-    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        metrics.overloaded.inc()
-        return JSONResponse({"detail": at_capacity(str(exc))}, status_code=503, headers={"Retry-After": "1"})
-
-    @app.exception_handler(ClientGone)
-    async def client_gone(request: Request, exc: ClientGone) -> Response:
-        metrics.client_gone.inc()
-        return Response(status_code=499)  # (nginx's code for it; nobody reads it)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        if exc.status_code in (400, 413, 415):
-            metrics.rejected.labels(str(exc.status_code)).inc()
-        return JSONResponse({"detail": scrub(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
-
+    register_errors(app, metrics, scrub)  # every exception's answer: app/errors.py
     for module in (classify, similar, images, health, web):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

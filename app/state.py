@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 import torch
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from PIL import Image
 
 from app.batching import Batcher
+from app.errors import NotReady
 from app.metrics import Metrics
 from app.schemas import ModelInfo, Prediction
 from app.settings import Settings
@@ -155,14 +156,14 @@ Ctx = Annotated[ServiceState, Depends(get_state)]
 
 async def get_model(state: Ctx) -> ServedModel:
     if state.predictor is None or state.batcher is None:
-        raise HTTPException(503, f"model not loaded: {'; '.join(state.all_problems()) or 'starting'}")
+        raise NotReady(f"model not loaded: {'; '.join(state.all_problems()) or 'starting'}", retry=not state.problems)
     return ServedModel(state.predictor, state.batcher, state.settings, state.decode_budget)
 
 
 async def get_index(state: Ctx) -> ImageIndex:
     if state.index is None:
-        retry = {"Retry-After": "5"} if state.index_retryable or not state.all_problems() else None  # (starting, or the store is away)
-        raise HTTPException(503, f"index not available: {'; '.join(state.all_problems()) or 'starting'}", headers=retry)
+        retry = state.index_retryable or not state.all_problems()  # (starting, or the store is away)
+        raise NotReady(f"index not available: {'; '.join(state.all_problems()) or 'starting'}", retry=retry)
     return state.index
 
 

@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from model.decode import Decoded, DecodeError, decode_image
 from model.decode_cost import DecodeBudget
 
-__all__ = ["ClientGone", "Upload", "decode_status", "multipart_body", "read_uploads"]
+__all__ = ["ClientGone", "Upload", "multipart_body", "read_uploads"]
 
 
 class ClientGone(Exception):
@@ -52,10 +52,6 @@ def multipart_body(*, multiple: bool, fields: dict[str, dict[str, object]] | Non
     props.update(fields or {})
     schema = {"type": "object", "properties": props}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
-
-
-def decode_status(e: DecodeError) -> int:
-    return {"unsupported": 415, "too_large": 413, "busy": 503}.get(e.kind, 400)
 
 
 async def read_uploads(
@@ -108,10 +104,8 @@ async def read_uploads(
                 decoded, prepared = await run(
                     _decode_and_prepare, data, prepare, max_pixels=max_pixels, min_side=min_side, min_long_side=min_long_side, budget=budget
                 )
-            except DecodeError as e:
-                label = part.filename or name
-                busy = {"Retry-After": "1"} if e.kind == "busy" else None
-                raise HTTPException(decode_status(e), f"{label}: {e}", headers=busy) from e
+            except DecodeError as e:  # named by its file (app/errors.py gives the status)
+                raise DecodeError(e.kind, f"{part.filename or name}: {e}") from e
             del data
             uploads.append(Upload(part.filename, decoded.format, decoded.sha256, decoded.width, decoded.height, prepared))
         text = {k: v for k, v in form.multi_items() if isinstance(v, str)}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
+from index.errors import Cancelled
 from index.factory import new_faiss, train_index
 from index.store import Store
 
@@ -19,10 +20,6 @@ __all__ = ["Cancelled", "build_from_store", "catch_up", "fetch", "install", "tra
 
 Change = tuple[int, str, int]
 Fetched = tuple[np.ndarray, np.ndarray, np.ndarray]  # (ids to remove, ids to add, their vectors)
-
-
-class Cancelled(Exception):
-    """A build stopped because its index is closing."""
 
 
 def fetch(

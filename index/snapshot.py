@@ -25,7 +25,8 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
-from index.store import Store, StoreError
+from index.errors import SnapshotUnusable, StoreError
+from index.store import Store
 from model.files import atomic_write, remove_stale_temps
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,6 @@ def write_snapshot(path: Path, index: faiss.Index, header: dict[str, Any]) -> No
         f.seek(0, 2)
 
     atomic_write(path, write)
-
-
-class SnapshotUnusable(ValueError):
-    """A snapshot that cannot be used: unreadable, truncated, tampered with, or made for another gallery or history."""
 
 
 def load_snapshot(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from index.errors import InvalidText, StoreError, StoreUnavailable
 from model.decode import encode_for_store
 
 __all__ = [
@@ -67,14 +68,6 @@ class StoreTimeouts:
     idle_in_transaction_s: float = 10.0
     keepalive_s: int = 10  # TCP keepalives: a connection to a vanished host is found dead in about 2x this
     connect_s: float = 5.0  # connecting, and waiting for a free connection of the pool
-
-
-class StoreError(RuntimeError):
-    """The store cannot be used or written (read-only, disk full, corrupt); the message says which."""
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached right now (database down, locked past the timeout): try again later."""
 
 
 @dataclass(frozen=True)
@@ -123,10 +116,6 @@ MAX_LABEL_CHARS = 200  # a label, as stored and as a filter
 MAX_SOURCE_CHARS = 1000  # where an image came from (a path, or "upload:" and a file name)
 # control characters (NUL above all: PostgreSQL's text cannot hold it) and lone surrogates (not encodable as UTF-8)
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-
-class InvalidText(ValueError):
-    """Text a store cannot hold, refused before any database sees it (422 in the service)."""
 
 
 def check_text(value: str | None, what: str, max_chars: int) -> None:

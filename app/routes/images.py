@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.schemas import AddedImage, AddImagesResponse, DeleteResponse, ErrorResponse, ImageId, ImageList, ImageMeta, LabelUpdate
 from app.state import Ctx, IndexDep, ModelDep
 from app.uploads import multipart_body
-from index.store import MAX_ID, MAX_LABEL_CHARS, NewImage, StoreError, StoreUnavailable, check_text
+from index.store import MAX_ID, MAX_LABEL_CHARS, NewImage, check_text
 
 router = APIRouter(tags=["images"])
 
@@ -60,13 +60,7 @@ async def add_images(request: Request, ctx: Ctx, model: ModelDep, index: IndexDe
         encoded, suffix = u.prepared.stored  # the copy made from the decoded pixels (never the uploaded bytes)
         source = f"upload:{u.filename}" if u.filename else "upload"
         items.append(NewImage(v.copy(), u.sha256, encoded, suffix, u.width, u.height, source=source, label=label))
-    try:
-        results = await run_in_threadpool(index.add, items, near_duplicate_threshold=ctx.settings.near_duplicate_threshold)
-    except StoreUnavailable as e:
-        detail = f"the gallery's store cannot be reached, nothing was added; try again: {e}"
-        raise HTTPException(503, detail, headers={"Retry-After": "2"}) from e
-    except StoreError as e:
-        raise HTTPException(507, f"could not store the images (nothing was added): {e}") from e
+    results = await run_in_threadpool(index.add, items, near_duplicate_threshold=ctx.settings.near_duplicate_threshold)
     ctx.metrics.index_size.set(len(index))
     return AddImagesResponse(
         images=[
@@ -85,13 +79,7 @@ async def add_images(request: Request, ctx: Ctx, model: ModelDep, index: IndexDe
 @router.delete("/images/{image_id}", response_model=DeleteResponse, responses=ERRORS)
 async def delete_image(image_id: ImageId, ctx: Ctx, index: IndexDep, _: Authorized) -> DeleteResponse:
     """Remove a stored image; it never appears in results again."""
-    try:
-        rec = await run_in_threadpool(index.delete, image_id)
-    except StoreUnavailable as e:
-        raise HTTPException(503, f"the gallery's store cannot be reached, image {image_id} is still stored; try again: {e}",
-                            headers={"Retry-After": "2"}) from e  # fmt: skip
-    except StoreError as e:
-        raise HTTPException(507, f"could not delete image {image_id} (it is still stored): {e}") from e
+    rec = await run_in_threadpool(index.delete, image_id)
     if rec is None:
         raise HTTPException(404, f"no image with id {image_id}")
     ctx.metrics.index_size.set(len(index))
@@ -139,13 +127,7 @@ async def list_images(
 @router.patch("/images/{image_id}", response_model=ImageMeta, responses=ERRORS)
 async def update_image(image_id: ImageId, update: LabelUpdate, index: IndexDep, _: Authorized) -> ImageMeta:
     """Change an image's label (null removes it). Searches filtered by label see the change at once."""
-    try:
-        rec = await run_in_threadpool(index.set_label, image_id, update.label)
-    except StoreUnavailable as e:
-        detail = f"the gallery's store cannot be reached, nothing changed; try again: {e}"
-        raise HTTPException(503, detail, headers={"Retry-After": "2"}) from e
-    except StoreError as e:
-        raise HTTPException(507, f"could not change image {image_id} (nothing changed): {e}") from e
+    rec = await run_in_threadpool(index.set_label, image_id, update.label)
     if rec is None:
         raise HTTPException(404, f"no image with id {image_id}")
     return ImageMeta.of(rec)
