@@ -5,17 +5,19 @@ at once; a body that streams past the cap (no Content-Length, or a false one) is
 when it crosses it. Either way: 413, and no byte of it reaches the multipart parser or an
 image decoder.
 
-``EarlyRefusal`` answers inference requests 503 while the batcher is saturated.
+``EarlyRefusal`` answers 503 to the routes that declare ``REFUSED_EARLY`` while the batcher is saturated.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodySizeLimit", "BodyTooLarge", "EarlyRefusal", "at_capacity"]
+__all__ = ["REFUSED_EARLY", "BodySizeLimit", "BodyTooLarge", "EarlyRefusal", "at_capacity"]
 
 
 class BodyTooLarge(Exception):
@@ -84,20 +86,34 @@ def at_capacity(why: str) -> str:
     return f"the service is at capacity, try again shortly: {why}"
 
 
-class EarlyRefusal:
-    """While the batcher is saturated (``Batcher.saturated``), POST /classify and /similar get their 503 with
-    ``Retry-After`` here, from the request line, instead of after routing, dependencies and the route's own
-    ``admit``: under 2x overload two refusals come for every request taken, and each refusal's trip through
-    the framework took CPU from the requests taken. (``POST /images`` is refused in its route, after its API
-    key is checked.) The route still admits or refuses each request itself; this is only the cheap early test."""
+REFUSED_EARLY = {"x-refused-early": True}  # route metadata (``openapi_extra``), so clients see it in /openapi.json too
 
-    PATHS = ("/classify", "/similar")
+
+class EarlyRefusal:
+    """While the batcher is saturated (``Batcher.saturated``), the routes that declare ``REFUSED_EARLY`` in their
+    OpenAPI metadata get their 503 with ``Retry-After`` here, from the request line, instead of after routing,
+    dependencies and the route's own ``admit``: under 2x overload two refusals come for every request taken, and
+    each refusal's trip through the framework took CPU from the requests taken. A route declares it when every
+    request it takes runs the model and needs nothing checked first (``POST /images`` runs the model too, but its
+    API key is checked first). The route still admits or refuses each request itself; this is the cheap early test."""
 
     def __init__(self, app: ASGIApp, on_refusal: Callable[[], None]) -> None:
         self.app, self.on_refusal = app, on_refusal
+        self._declared: list[tuple[re.Pattern[str], str]] | None = None  # (path, method), read at the first request
+
+    def _refusable(self, scope: Scope) -> bool:
+        if self._declared is None:
+            paths = scope["app"].openapi().get("paths", {}) if hasattr(scope["app"], "openapi") else {}
+            self._declared = [
+                (compile_path(template)[0], method.upper())
+                for template, operations in paths.items()
+                for method, operation in operations.items()
+                if isinstance(operation, dict) and operation.get("x-refused-early")
+            ]
+        return any(method == scope["method"] and regex.match(scope["path"]) for regex, method in self._declared)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.PATHS:
+        if scope["type"] == "http" and self._refusable(scope):
             batcher = getattr(getattr(scope["app"].state, "service", None), "batcher", None)
             why = batcher.saturated() if batcher is not None else None
             if why is not None:

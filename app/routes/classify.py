@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from app.limits import REFUSED_EARLY
 from app.schemas import ClassifyResponse, ClassifyResult, ErrorResponse
 from app.state import ModelDep
 from app.uploads import multipart_body
@@ -11,7 +12,9 @@ router = APIRouter(tags=["classify"])
 ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorResponse} for s in (400, 413, 415, 422, 503)}
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=multipart_body(multiple=True))
+@router.post(
+    "/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra={**multipart_body(multiple=True), **REFUSED_EARLY}
+)
 async def classify(
     request: Request,
     model: ModelDep,

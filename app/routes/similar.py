@@ -6,6 +6,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from app.limits import REFUSED_EARLY
 from app.schemas import ErrorResponse, ImageId, SimilarHit, SimilarQuery, SimilarResponse
 from app.state import IndexDep, ModelDep
 from app.uploads import multipart_body
@@ -56,7 +57,7 @@ def _hits(hits: list[Hit]) -> list[SimilarHit]:
     return [SimilarHit.of(h.id, h.score, h.record) for h in hits]
 
 
-@router.post("/similar", response_model=SimilarResponse, responses=ERRORS, openapi_extra=multipart_body(multiple=True))
+@router.post("/similar", response_model=SimilarResponse, responses=ERRORS, openapi_extra={**multipart_body(multiple=True), **REFUSED_EARLY})
 async def similar(request: Request, model: ModelDep, index: IndexDep, search: Search) -> SimilarResponse:
     """For each uploaded image (``file``, or several in ``files``), the k stored images whose fc7 vectors are most
     cosine-similar to its own, and its top-5 labels. Nothing is stored."""

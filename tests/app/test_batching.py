@@ -323,9 +323,9 @@ def test_startup_puts_what_it_loaded_out_of_the_collectors_sight(tmp_path: Path,
 def test_while_saturated_inference_is_refused_before_routing_and_images_after_the_key(
     tmp_path: Path, small_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Under overload most requests are refused: /classify and /similar are refused by a middleware, from the request
-    line, without the route (its dependencies, its own admission) ever running; POST /images still checks its key
-    first, so a wrong key is a 401 whatever the load."""
+    """Under overload most requests are refused: POST /classify and /similar, which declare REFUSED_EARLY, are
+    refused by a middleware, from the request line, without the route (its dependencies, its own admission) ever
+    running; POST /images still checks its key first, so a wrong key is a 401 whatever the load."""
     admitted: list[int] = []
     real_admit = Batcher.admit
     monkeypatch.setattr(Batcher, "admit", lambda self: admitted.append(1) or real_admit(self))
@@ -337,6 +337,7 @@ def test_while_saturated_inference_is_refused_before_routing_and_images_after_th
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
             assert "at capacity" in refused.json()["detail"] and "the bound is 1" in refused.json()["detail"]
         assert admitted == []  # never reached a route
+        assert client.get("/similar/1").status_code == 404  # (declares no early refusal: it runs no forward pass)
         assert client.post("/images", files=upload("a.png", image_bytes(1)), headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.post("/images", files=upload("a.png", image_bytes(1)), headers={"X-API-Key": API_KEY}).status_code == 503
         assert admitted == [1]  # refused by its route's admission, after the key
