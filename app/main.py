@@ -27,7 +27,7 @@ from index.index import ImageIndex, ImageIndexError
 from index.store import StoreError, StoreUnavailable
 from model.decode_cost import DecodeBudget
 from model.predictor import Predictor
-from model.runtime import apply_memory_setting
+from model.runtime import retain_freed_memory
 from model.weights import WeightsError
 
 log = logging.getLogger("app")
@@ -114,7 +114,8 @@ async def retry_open_index(state: ServiceState, every_s: float = 2.0) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_format, settings.log_level.upper())
-    apply_memory_setting()  # ALEXNET_RETAIN_FREED_MEMORY (model/runtime.py); a bad value stops the start here
+    if settings.retain_freed_memory:  # (model/runtime.py)
+        retain_freed_memory()
     metrics = Metrics()
     scrub = Scrubber(settings)  # every answer's text goes through it (app.public)
 

@@ -17,85 +17,135 @@ __all__ = ["Settings", "get_settings"]
 
 
 class Settings(BaseSettings):
+    """Every ``ALEXNET_*`` variable of the service, with its default and meaning; the README's configuration table is
+    made from these fields (``python -m app.settings --readme``) and a test keeps the two equal."""
+
     model_config = SettingsConfigDict(env_prefix="ALEXNET_", env_file=".env", extra="ignore")
 
     weights: Path = Field(Path("data/weights/fashion-mnist.safetensors"), description="weights file to serve")
     index_dir: Path = Field(
         Path("data/index"),
-        description="index directory (created empty if missing): the SQLite store, or only the FAISS snapshot with store_url",
+        description="index directory, created empty if missing: the SQLite store and this process's FAISS snapshot (with "
+        "`ALEXNET_STORE_URL`, the snapshot only); `make run` uses `data/index/<weights hash>`",
     )
     store_url: SecretStr | None = Field(
         None,
-        description="postgresql://USER:PASSWORD@HOST:PORT/DB: the gallery lives in PostgreSQL, shared by replicas; unset: SQLite",
+        description="`postgresql://USER:PASSWORD@HOST:PORT/DB`: the gallery lives in PostgreSQL, shared by replicas on several "
+        'machines (see "Scale beyond one machine"); unset: SQLite in the index directory',
     )
     store_lock_timeout_s: float = Field(
-        2.0, gt=0, le=600, description="PostgreSQL: how long an add or delete waits for another session's write lock before it answers 503"
+        2.0,
+        gt=0,
+        le=600,
+        description="PostgreSQL: how long an add, delete or label change waits for another session's write lock; then 503 with "
+        "`Retry-After` (so a replica frozen mid-add never hangs the others' writes)",
     )
-    store_statement_timeout_s: float = Field(30.0, gt=0, le=3600, description="PostgreSQL: the longest any one statement may run")
+    store_statement_timeout_s: float = Field(30.0, gt=0, le=3600, description="PostgreSQL: the longest one statement may run (then 503)")
     store_idle_in_transaction_timeout_s: float = Field(
-        10.0, gt=0, le=3600, description="PostgreSQL: the server ends this service's sessions left idle in a transaction after this long"
+        10.0,
+        gt=0,
+        le=3600,
+        description="PostgreSQL: the server ends a session of this service left idle inside a transaction after this long, "
+        "releasing what it held",
     )
-    store_keepalive_s: int = Field(10, ge=1, le=3600, description="PostgreSQL: TCP keepalive idle time of the store's connections")
+    store_keepalive_s: int = Field(
+        10, ge=1, le=3600, description="PostgreSQL: TCP keepalive idle time; a connection to a vanished host is found dead in twice this"
+    )
     follow_interval_s: float = Field(
-        0.2, gt=0, le=60, description="how often the index looks for changes other processes made (PostgreSQL also wakes it on NOTIFY)"
+        0.2,
+        gt=0,
+        le=60,
+        description="how often each process looks for changes that other processes wrote (PostgreSQL also wakes it at once with NOTIFY)",
     )
     max_follow_lag_s: float = Field(
-        10.0, gt=0, description="/readyz reports the index as behind when it has not been current with the store for this long"
+        10.0, gt=0, description="`/readyz` says `degraded` when the index has not been current with the store for this long"
     )
-    api_key: SecretStr | None = Field(None, description="key for POST/DELETE /images; unset: those endpoints answer 403")
-    device: str = Field("cpu", description="cpu, cuda:0, or cuda:0,cuda:1 (two towers)")
-    precision: Literal["fp32", "int8"] = Field("fp32", description="int8 (CPU): int8 convolutions (calibrated weights) and fc layers")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="info shows the access log; warning hides it")
-    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line (with the request id)")
-    cors_origins: str = Field(
-        "", description="origins a browser may call the API from: comma-separated (https://a.example,https://b.example) or *; empty: none"
+    api_key: SecretStr | None = Field(
+        None, description="key for `POST /images`, `PATCH` and `DELETE /images/{id}`; unset: those answer 403"
     )
-    host: str = "127.0.0.1"
-    port: int = 8000
+    device: str = Field("cpu", description="`cpu`, `cuda:0`, or `cuda:0,cuda:1` (two towers)")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="`int8` (CPU): conv2-conv5, fc6 and fc7 in int8 with the ranges calibrated at export (or added by "
+        "`alexnet calibrate WEIGHTS`), fc8 with fp16 weights; an image's answer does not depend on its batch. Weights "
+        "without calibration run only the fc layers in int8, with ranges measured per batch (a warning says so). Speed "
+        'and agreement with fp32: "Benchmarks"',
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info",
+        description="`info` writes the access log (method, route template, status, latency, request id); `warning` hides it "
+        "(`alexnet serve --log-level`)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line, uvicorn's included, each with the request id"
+    )
+    cors_origins: str = Field("", description="origins a browser may call the API from, comma-separated, or `*`; empty: none")
+    host: str = Field("127.0.0.1", description="bind address (the container binds `0.0.0.0`)")
+    port: int = Field(8000, description="port")
 
-    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body cap; larger bodies get 413 before decoding")
-    max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit per image (413 above)")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body cap (413 before decoding)")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="decoded pixel limit per image (413), checked against the size the file declares"
+    )
     max_files: int = Field(16, ge=1, description="images per request")
     decode_budget_mb: int = Field(
         DEFAULT_DECODE_BUDGET // 2**20,
         ge=1,
-        description="MiB of decoded images in flight in the process: an image that needs more than all of it gets 413, "
-        "one that does not fit beside the decodes running now gets 503 with Retry-After",
+        description="MiB of decoded images in flight in the whole process, reserved from the header before a pixel is "
+        "decoded: an image that needs more than all of it gets 413, one that does not fit beside the decodes running now "
+        'gets 503 with `Retry-After: 1` (what each image needs: "What an upload may cost")',
     )
     reduced_decoding: bool = Field(
         True,
-        description="decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that leaves the pixels the model and the stored copy need",
+        description="decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the model's resize (and, for "
+        "`POST /images`, the stored copy's 512 px); `false`: decode every pixel. Other formats always decode whole",
     )
     max_fields: int = Field(16, ge=1, description="non-file form fields per request")
 
-    max_batch: int = Field(16, ge=1, description="images per forward pass")
+    max_batch: int = Field(16, ge=1, description="dynamic batching: images per forward pass")
     max_queue_images: int = Field(
         16,
         ge=0,
-        description="images in flight (requests being read or decoded, and images waiting for or in a forward pass) beyond "
-        "which requests get 503 with Retry-After at once, before their body is read (0: no bound)",
+        description="how much work may be in flight: the images of the requests being read, decoded, queued for a forward pass "
+        "or in one (one per request until its images are known). Past it a request gets 503 with `Retry-After: 1` at once, "
+        "from its headers, before its body is read (as TorchServe's `job_queue_size`, Triton's `max_queue_size`), counted in "
+        "`alexnet_overload_rejections_total`; 0: no bound. A request whose client has hung up before its forward pass is not "
+        "computed (`alexnet_abandoned_requests_total`)",
     )
-    batch_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests to join a batch")
+    batch_wait_ms: float = Field(5.0, ge=0, description="dynamic batching: how long to wait for more requests to join a batch")
     batch_wait_busy_ms: float = Field(
-        30.0, ge=0, description="how long it waits while requests it has seen arrive are still decoding (full batches under load)"
+        30.0, ge=0, description="how long the batcher waits for requests that have arrived and are still decoding (full batches under load)"
     )
     exclusive_forward: bool = Field(
-        True, description="on the CPU, decode uploads between forward passes rather than during them (faster on few cores)"
+        True, description="on the CPU, decode uploads between forward passes, not during them (each pass runs at full speed)"
     )
-    torch_threads: int = Field(0, ge=0, description="threads for the forward pass (0: one per core)")
-    faiss_threads: int = Field(1, ge=0, description="OpenMP threads per FAISS search (0: FAISS's default)")
-    decode_threads: int = Field(8, ge=1, description="threads decoding uploads and touching the index")
+    torch_threads: int = Field(0, ge=0, description="threads of the forward pass (0: one per core)")
+    faiss_threads: int = Field(
+        1, ge=0, description="OpenMP threads per FAISS search (concurrent searches share the cores; 0: FAISS's default)"
+    )
+    decode_threads: int = Field(8, ge=1, description="threads decoding uploads and calling the index")
+    retain_freed_memory: bool = Field(
+        True,
+        description="glibc: keep freed activation memory in the process instead of returning it to the OS, so forward passes "
+        "stop page-faulting (the process keeps its peak memory). Also read by the `alexnet` commands that run the model",
+    )
 
     index_factory: str = Field(
-        "auto", description="auto: exact search below index_auto_threshold images, PCA256,IVF,Flat above; flat; or a FAISS factory string"
+        "auto",
+        description="`auto`: exact below `ALEXNET_INDEX_AUTO_THRESHOLD` images, `PCA256,IVF<nlist>,Flat` above; `flat`; or a "
+        "FAISS factory string (`HNSW32`, ...)",
     )
-    index_auto_threshold: int = Field(20_000, ge=1, description="collection size at which auto switches to the compressed index")
-    index_rerank: int = Field(100, ge=0, description="candidates of a compressed index re-scored exactly with the stored vectors")
-    index_nprobe: int = Field(0, ge=0, description="inverted lists searched by an IVF index (0: nlist / 64, at least 16)")
+    index_auto_threshold: int = Field(
+        20_000, ge=1, description="collection size at which `auto` switches to the compressed index (rebuilt in the background)"
+    )
+    index_rerank: int = Field(
+        100, ge=0, description="candidates of a compressed index re-scored exactly with the stored vectors (0: off)"
+    )
+    index_nprobe: int = Field(0, ge=0, description="inverted lists an IVF index searches (0: nlist / 64, at least 16)")
     near_duplicate_threshold: float | None = Field(
         None, ge=-1, le=1, description="flag adds whose cosine to a stored image is at least this"
     )
-    snapshot_every: int = Field(2000, ge=1, description="adds/deletes between FAISS snapshots (the SQLite store is always durable)")
+    snapshot_every: int = Field(2000, ge=1, description="adds/deletes between FAISS snapshots (SQLite is always durable)")
 
     def store_timeouts(self) -> StoreTimeouts:
         return StoreTimeouts(
@@ -115,3 +165,47 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+TABLE_START = "<!-- the settings table: made by `python -m app.settings --readme` from app/settings.py; edit it there -->"
+TABLE_END = "<!-- end of the settings table -->"
+
+
+def _default(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+        return f"{value:,}"
+    if value == "":
+        return "empty"
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """The README's configuration table, one row per field: variable, default, description."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `ALEXNET_{name.upper()}` | {_default(field.default)} | {description} |")
+    return "\n".join(rows)
+
+
+def write_readme_table(readme: Path) -> bool:
+    """Put ``settings_table()`` between the markers of ``readme``; True when it changed."""
+    text = readme.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    new = text[:start] + "\n" + settings_table() + "\n" + text[end:]
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--readme"]:
+        write_readme_table(Path(__file__).resolve().parents[1] / "README.md")
+    else:
+        print(settings_table())

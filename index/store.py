@@ -37,6 +37,7 @@ from model.decode import encode_for_store
 __all__ = [
     "MAX_ID",
     "MAX_LABEL_CHARS",
+    "MAX_LABEL_FILTERS",
     "MAX_SOURCE_CHARS",
     "SCHEMA_VERSION",
     "ImageRecord",
@@ -113,6 +114,7 @@ AddOutcome = tuple[int, bool, np.ndarray | None]  # (id, created, the vector if 
 
 
 MAX_LABEL_CHARS = 200  # a label, as stored and as a filter
+MAX_LABEL_FILTERS = 50  # labels one query may filter by (each is a parameter of the SQL)
 MAX_SOURCE_CHARS = 1000  # where an image came from (a path, or "upload:" and a file name)
 # control characters (NUL above all: PostgreSQL's text cannot hold it) and lone surrogates (not encodable as UTF-8)
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 __all__ = ["GLIBC_DEFAULT_THRESHOLD", "RETAIN_ENV", "apply_memory_setting", "page_faults", "retain_freed_memory"]
 
-RETAIN_ENV = "ALEXNET_RETAIN_FREED_MEMORY"  # read here only, by the service and by the commands that run the model
+RETAIN_ENV = "ALEXNET_RETAIN_FREED_MEMORY"  # read here by the commands that run the model; the service reads its Settings
 
 log = logging.getLogger(__name__)
 

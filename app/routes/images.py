@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.schemas import AddedImage, AddImagesResponse, DeleteResponse, ErrorResponse, ImageId, ImageList, ImageMeta, LabelUpdate
 from app.state import Ctx, IndexDep, ModelDep
 from app.uploads import multipart_body
-from index.store import MAX_ID, MAX_LABEL_CHARS, NewImage, check_text
+from index.store import MAX_ID, MAX_LABEL_CHARS, MAX_LABEL_FILTERS, NewImage, check_text
 
 router = APIRouter(tags=["images"])
 
@@ -111,13 +111,13 @@ async def list_images(
     index: IndexDep,
     after: int = Query(0, ge=0, le=MAX_ID, description="the last id of the previous page (keyset pagination); 0 for the first"),
     limit: int = Query(50, ge=1, le=1000, description="images per page"),
-    label: list[str] | None = Query(None, description="only images with this label (repeat for several, 50 at most)"),
+    label: list[str] | None = Query(None, description=f"only images with this label (repeat for several, {MAX_LABEL_FILTERS} at most)"),
     source: str | None = Query(None, description="only images whose source starts with this (exact, case-sensitive)"),
 ) -> ImageList:
     """The gallery in id order, a page at a time. Pages stay consistent while images are added or deleted: a page
     starts after the last id of the one before, never at an offset."""
-    if label is not None and len(label) > 50:
-        raise HTTPException(422, "at most 50 labels per request")
+    if label is not None and len(label) > MAX_LABEL_FILTERS:
+        raise HTTPException(422, f"at most {MAX_LABEL_FILTERS} labels per request")
     recs = await run_in_threadpool(index.records, after=after, limit=limit + 1, labels=label, source_prefix=source)
     more = len(recs) > limit
     page = recs[:limit]

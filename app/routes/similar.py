@@ -11,6 +11,7 @@ from app.schemas import ErrorResponse, ImageId, SimilarHit, SimilarQuery, Simila
 from app.state import IndexDep, ModelDep
 from app.uploads import multipart_body
 from index.index import Hit, ImageIndex
+from index.store import MAX_LABEL_FILTERS
 
 router = APIRouter(tags=["similar"])
 
@@ -18,10 +19,9 @@ ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorResponse} for s 
 K = Query(10, ge=1, le=100, description="how many similar images per query")
 MIN_SCORE = Query(None, ge=-1, le=1, description="leave out results below this cosine similarity")
 LABEL = Query(
-    None, description="only images with this label (repeat for several, 50 filters at most); filtered inside the search"
+    None, description=f"only images with this label (repeat for several, {MAX_LABEL_FILTERS} filters at most); filtered inside the search"
 )
-EXCLUDE_LABEL = Query(None, description="no images with this label (repeat for several, 50 filters at most)")
-MAX_LABELS = 50
+EXCLUDE_LABEL = Query(None, description=f"no images with this label (repeat for several, {MAX_LABEL_FILTERS} filters at most)")
 
 
 class SearchQuery:
@@ -34,8 +34,8 @@ class SearchQuery:
         label: list[str] | None = LABEL,
         exclude_label: list[str] | None = EXCLUDE_LABEL,
     ) -> None:
-        if len(label or ()) + len(exclude_label or ()) > MAX_LABELS:
-            raise HTTPException(422, f"at most {MAX_LABELS} label filters per request")
+        if len(label or ()) + len(exclude_label or ()) > MAX_LABEL_FILTERS:
+            raise HTTPException(422, f"at most {MAX_LABEL_FILTERS} label filters per request")
         self.k, self.min_score, self.labels, self.exclude_labels = k, min_score, label, exclude_label
 
     async def run(self, index: ImageIndex, vectors: np.ndarray, exclude: set[int] | None = None) -> list[list[Hit]]:
