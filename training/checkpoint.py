@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from model.files import atomic_write
 
 __all__ = ["REQUIRED_KEYS", "load_checkpoint", "save_checkpoint"]
 
@@ -15,18 +15,9 @@ REQUIRED_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "config", "c
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Temp file in the same directory, fsync, rename: a crash leaves the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Streamed into a temp file, fsynced and renamed, the directory fsynced (``model.files.atomic_write``): a crash
+    leaves the old or the new file, never half of one."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
