@@ -218,35 +218,24 @@ class PostgresStore(Store):
 
     def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
         check_items(items)
-        results: list[AddOutcome] = []
         with self._write("cannot store images") as conn:
             now = time.time()
-            first_in_batch: dict[str, int] = {}
-            for item in items:
-                row = conn.execute("SELECT id FROM alexnet_images WHERE sha256 = %s", (item.sha256,)).fetchone()
-                if row is not None or item.sha256 in first_in_batch:
-                    results.append((int(row[0]) if row else first_in_batch[item.sha256], False, None))
-                    continue
+
+            def stored_id(sha256: str) -> int | None:
+                row = conn.execute("SELECT id FROM alexnet_images WHERE sha256 = %s", (sha256,)).fetchone()
+                return None if row is None else int(row[0])
+
+            def insert(item: NewImage) -> int:
                 (image_id,) = conn.execute(
                     "INSERT INTO alexnet_images (sha256, source, label, width, height, suffix, data, vector, extra, created) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                    (
-                        item.sha256,
-                        item.source,
-                        item.label,
-                        item.width,
-                        item.height,
-                        item.suffix,
-                        item.encoded,
-                        item.vector.tobytes(),
-                        json.dumps(item.extra or {}),
-                        now,
-                    ),
-                ).fetchone()
+                    (item.sha256, item.source, item.label, item.width, item.height, item.suffix, item.encoded,
+                     item.vector.tobytes(), json.dumps(item.extra or {}), now),
+                ).fetchone()  # fmt: skip
                 conn.execute("INSERT INTO alexnet_changes (op, image_id) VALUES ('add', %s)", (image_id,))
-                first_in_batch[item.sha256] = int(image_id)
-                results.append((int(image_id), True, item.vector))
-        return results
+                return int(image_id)
+
+            return self._add_new(items, stored_id, insert)
 
     def delete(self, image_id: int) -> ImageRecord | None:
         with self._write(f"cannot delete image {image_id}") as conn:

@@ -243,15 +243,14 @@ class SQLiteStore(Store):
 
     def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
         check_items(items)
-        results: list[AddOutcome] = []
         with self._transaction("cannot store images") as tx:
             db, now = tx.db, time.time()
-            first_in_batch: dict[str, int] = {}  # sha256 -> id given earlier in this batch
-            for item in items:
-                row = db.execute("SELECT id FROM images WHERE sha256 = ?", (item.sha256,)).fetchone()
-                if row is not None or item.sha256 in first_in_batch:
-                    results.append((int(row[0]) if row else first_in_batch[item.sha256], False, None))
-                    continue
+
+            def stored_id(sha256: str) -> int | None:
+                row = db.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+                return None if row is None else int(row[0])
+
+            def insert(item: NewImage) -> int:
                 path = self.image_path(item.sha256, item.suffix)
                 if not path.exists():  # an orphan of the same name has the same bytes (same upload, same encoding)
                     atomic_write(path, item.encoded)
@@ -259,23 +258,14 @@ class SQLiteStore(Store):
                 cur = db.execute(
                     "INSERT INTO images (sha256, source, label, width, height, file, vector, extra, created) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        item.sha256,
-                        item.source,
-                        item.label,
-                        item.width,
-                        item.height,
-                        str(path.relative_to(self.dir)),
-                        item.vector.tobytes(),
-                        json.dumps(item.extra or {}),
-                        now,
-                    ),
-                )
+                    (item.sha256, item.source, item.label, item.width, item.height, str(path.relative_to(self.dir)),
+                     item.vector.tobytes(), json.dumps(item.extra or {}), now),
+                )  # fmt: skip
                 image_id = int(cur.lastrowid or 0)
                 db.execute("INSERT INTO changes (op, image_id) VALUES ('add', ?)", (image_id,))
-                first_in_batch[item.sha256] = image_id
-                results.append((image_id, True, item.vector))
-        return results
+                return image_id
+
+            return self._add_new(items, stored_id, insert)
 
     def delete(self, image_id: int) -> ImageRecord | None:
         aside: Path | None = None

@@ -24,7 +24,7 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +166,26 @@ class Store(abc.ABC):
     def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
         """Store new images durably, one change each. For each: (id, created, vector if new).
         A SHA-256 already stored (or earlier in ``items``) returns its id with created False."""
+
+    @staticmethod
+    def _add_new(
+        items: Sequence[NewImage], stored_id: Callable[[str], int | None], insert: Callable[[NewImage], int]
+    ) -> list[AddOutcome]:
+        """The rule of ``add_many`` for both stores, run inside their writing transaction: each upload's bytes are
+        stored once. ``stored_id(sha256)`` looks a hash up in the store; ``insert(item)`` stores a new image with its
+        change and returns its id."""
+        results: list[AddOutcome] = []
+        first_in_batch: dict[str, int] = {}  # sha256 -> id given earlier in this batch
+        for item in items:
+            found = first_in_batch.get(item.sha256)
+            if found is None:
+                found = stored_id(item.sha256)
+            if found is not None:
+                results.append((found, False, None))
+                continue
+            image_id = first_in_batch[item.sha256] = insert(item)
+            results.append((image_id, True, item.vector))
+        return results
 
     @abc.abstractmethod
     def delete(self, image_id: int) -> ImageRecord | None:
