@@ -51,8 +51,8 @@ def settle_garbage_collector() -> None:
     """Move everything alive once the service has loaded (modules, model, index, app) out of the collector's sight.
 
     A full collection walks every tracked object; with PyTorch, FAISS and FastAPI loaded it paused the whole
-    process for about 200 ms, a few times a minute under load, and those pauses were the p99 of every route
-    (bench/RESULTS.md). Frozen objects are never walked, so what is left to collect is what requests made."""
+    process a few times a minute under load, and those pauses were the p99 of every route (bench/RESULTS.md,
+    "Design figures"). Frozen objects are never walked, so what is left to collect is what requests made."""
     gc.collect()
     gc.freeze()
 

@@ -282,10 +282,9 @@ def _shrink(im: Image.Image, max_side: int) -> Image.Image:
 
     - From under twice the size (every JPEG decoded at a reduced scale for the store: its longer side is
       512 to 1023): PyTorch's uint8 kernel, which gives Pillow's BICUBIC pixels (within one level) several
-      times faster, on one thread. The copy of a 12 MP JPEG decoded at 1/4 (866 px) took 7.6 ms with
-      Pillow's LANCZOS and takes 1.1 ms, handing the pixels over included.
+      times faster, on one thread, handing the pixels over included.
     - From larger images: Pillow's ``thumbnail``, which first shrinks by an integer factor with a box filter;
-      handing a 12 MP image over to PyTorch alone takes longer (40 ms) than all of that (18 ms)."""
+      handing a whole 12 MP image over to PyTorch alone takes longer than all of that (bench/RESULTS.md)."""
     w, h = im.size
     if max(w, h) >= 2 * max_side:
         out = im.copy()

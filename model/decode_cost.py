@@ -6,13 +6,13 @@ small file can repeat at will. Each such lever is bounded here, so that the work
 stays within a small multiple of the work of writing its pixels once:
 
 - JPEG: a progressive file is decoded once per scan, over every block of the image. Encoders write
-  about 10 scans (libjpeg's progression: 10 for colour, 6 for grey; mozjpeg's searched ones stay
-  under 64), so ``MAX_JPEG_SCANS`` refuses a file with more. Each scan costs tens of microseconds per
-  megapixel: a file that repeats a scan tens of thousands of times would otherwise cost minutes.
+  about 10 scans (libjpeg's standard progression: 10 for colour, 6 for grey), so ``MAX_JPEG_SCANS``
+  refuses a file with ten times that: a file that repeats a scan tens of thousands of times would
+  otherwise cost minutes (the README's "What an upload may cost" has the figures).
 - PNG: chunks are read one at a time, and no encoder splits its data into more than a few thousand
   (``MAX_PNG_CHUNKS``: 10 MiB of 1 KiB chunks). The filtered rows are inflated and unfiltered byte by
-  byte, so their size, not the file's, is the work: a 300 KB file of 16-bit RGBA rows at 40 MP is 320 MB
-  of them. ``MAX_PNG_ROW_BYTES`` allows 4 bytes per pixel at 40 MP (8-bit RGBA).
+  byte, so their size, not the file's, is the work: 16-bit RGBA rows at 40 MP are 320 MB, in a file of a
+  few hundred KB. ``MAX_PNG_ROW_BYTES`` allows 4 bytes per pixel at 40 MP (8-bit RGBA).
 - TIFF: each strip or tile is handed to the decoder separately (``MAX_TIFF_PARTS``).
 - GIF and WebP animations: the first frame only (``model.decode``).
 

@@ -57,7 +57,7 @@ def serving_model(
     side = pool5_size(input_size)
     if precision == "fp32" and isinstance(model, AlexNet) and 0 < side < 6 and 6 % side == 0 and model.fc6_folded is None:
         # small inputs (1x1 pool5 at 64 px): fold the adaptive pool into fc6 once, instead of in every forward
-        # pass, which read all 37.7M of fc6's weights to do it (10.7 -> 4.0 ms at batch 1 for the default model)
+        # pass, which read all 37.7M of fc6's weights to do it (the gain: bench/RESULTS.md)
         model.fold_fc6((side, side))
     if precision == "fp32" and device == "cpu" and pack and isinstance(model, AlexNet):
         packed = pack_linears(model, input_size)

@@ -48,7 +48,7 @@ _MAX_VALUES = 1 << 22  # and per tensor in all (torch.quantile refuses inputs pa
 
 def _engine() -> None:
     # fbgemm, not "x86": x86 runs these convolutions through oneDNN, whose packed weights are for one input shape;
-    # a batch of another size then ran 7x slower (35 ms instead of 5 at batch 1 after a batch of 16), every call
+    # a batch of another size then ran several times slower, every call (bench/RESULTS.md)
     for engine in ("fbgemm", "x86"):
         if engine in torch.backends.quantized.supported_engines:
             torch.backends.quantized.engine = engine
@@ -254,7 +254,7 @@ def quantize_static(model: nn.Module, calibration: dict[str, Any], input_size: i
         for name, inp, out in (("fc6", "conv5.out", "fc7.in"), ("fc7", "fc7.in", "fc8.in")):
             setattr(tower, name, Int8Linear(getattr(tower, name), _range(ranges, t, inp), _range(ranges, t, out), levels))
         # fc8 with fp16 weights and fp32 activations: half the bytes to read (at batch 1 the pass reads every weight
-        # once; fp32 fc8 took 0.26 ms of 4.9), and no activation range, so still the same answer at any batch
+        # once), and no activation range, so still the same answer at any batch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CALIBRATION_IMAGES", "calibrate_on", "calibrate_weights", "export_checkpoint"]
 
-CALIBRATION_IMAGES = 512  # 256, 512 and 1024 agreed with fp32 alike (99.8-99.9% top-1; bench/RESULTS.md)
+CALIBRATION_IMAGES = 512  # 256, 512 and 1024 agree with fp32 alike (bench/RESULTS.md)
 
 
 def calibrate_on(model: AlexNet, meta: WeightsMeta, source: Source, images: int = CALIBRATION_IMAGES) -> dict[str, Any]:
