@@ -22,8 +22,8 @@ from app.metrics import Metrics
 from app.schemas import ModelInfo, Prediction
 from app.settings import Settings
 from app.uploads import ClientGone, Upload, read_uploads
+from index.encoding import STORE_MAX_SIDE, encode_for_store
 from index.index import ImageIndex
-from model.decode import STORE_MAX_SIDE, encode_for_store
 from model.decode_cost import DecodeBudget
 from model.predictor import Predictor
 

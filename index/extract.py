@@ -20,11 +20,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from index.encoding import STORE_MAX_SIDE
 from index.index import AddResult, ImageIndex
 from index.store import NewImage
 from model.console import progress as progress_bar
 from model.datasets import fashion_mnist, image_files, read_image
-from model.decode import DEFAULT_MAX_PIXELS, STORE_MAX_SIDE, DecodeError
+from model.decode import DEFAULT_MAX_PIXELS, DecodeError
 from model.predictor import Predictor
 from model.preprocess import pixels_transform
 

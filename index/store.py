@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from index.encoding import encode_for_store
 from index.errors import InvalidText, StoreError, StoreUnavailable
-from model.decode import encode_for_store
 
 __all__ = [
     "MAX_ID",

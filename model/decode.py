@@ -27,9 +27,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-import torch
 from PIL import ExifTags, Image, ImageOps
-from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from model.decode_cost import (
     MAX_JPEG_SCANS,
@@ -50,17 +48,14 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
-    "STORE_MAX_SIDE",
     "DecodeError",
     "Decoded",
     "decode_image",
-    "encode_for_store",
     "sniff_format",
 ]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: a large photograph; a bomb is far beyond
-STORE_MAX_SIDE = 512  # the longer side of the copy the gallery keeps (encode_for_store)
 
 
 class DecodeError(ValueError):
@@ -274,38 +269,3 @@ def _transpose_box(
         T.TRANSPOSE: (y0, x0, y1, x1),
         T.TRANSVERSE: (h - y1, w - x1, h - y0, w - x0),
     }[method]
-
-
-def _shrink(im: Image.Image, max_side: int) -> Image.Image:
-    """An RGB image scaled down to a longer side of ``max_side``, aspect kept, with antialiased bicubic (Pillow's
-    default for thumbnails).
-
-    - From under twice the size (every JPEG decoded at a reduced scale for the store: its longer side is
-      512 to 1023): PyTorch's uint8 kernel, which gives Pillow's BICUBIC pixels (within one level) several
-      times faster, on one thread, handing the pixels over included.
-    - From larger images: Pillow's ``thumbnail``, which first shrinks by an integer factor with a box filter;
-      handing a whole 12 MP image over to PyTorch alone takes longer than all of that (bench/RESULTS.md)."""
-    w, h = im.size
-    if max(w, h) >= 2 * max_side:
-        out = im.copy()
-        out.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-        return out
-    scale = max_side / max(w, h)
-    size = [max(1, round(h * scale)), max(1, round(w * scale))]
-    packed = bytearray(im.tobytes())  # (h, w, 3); faster than numpy's own copy of a PIL image
-    pixels = torch.frombuffer(packed, dtype=torch.uint8).view(h, w, 3).permute(2, 0, 1)
-    out = resize(pixels, size, interpolation=InterpolationMode.BICUBIC, antialias=True).permute(1, 2, 0)
-    return Image.frombytes("RGB", (size[1], size[0]), out.contiguous().numpy().tobytes())
-
-
-def encode_for_store(image: Image.Image, max_side: int = STORE_MAX_SIDE) -> tuple[bytes, str]:
-    """Re-encode decoded pixels for storage and serving (never the uploaded bytes): PNG if small, else JPEG."""
-    im = to_rgb(image)
-    if max(im.size) > max_side:
-        im = _shrink(im, max_side)
-    buf = io.BytesIO()
-    if max(im.size) <= 256:
-        im.save(buf, format="PNG", compress_level=1)  # a third of the time of the default level, files a quarter larger
-        return buf.getvalue(), ".png"
-    im.save(buf, format="JPEG", quality=90)
-    return buf.getvalue(), ".jpg"

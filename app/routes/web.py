@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.figures import kernels_png
 from app.state import ModelDep
-from model.figures import kernels_png
 
 router = APIRouter(tags=["web"])
 

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model.figures import SCALE, kernel_cell
+from app.figures import SCALE, kernel_cell
 from model.weights import load_weights
 
 

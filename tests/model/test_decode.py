@@ -129,29 +129,3 @@ def test_file_metadata_cannot_pose_as_a_reduced_decode() -> None:
     _texture((200, 150)).save(buf, format="PNG", pnginfo=meta)
     assert Image.open(io.BytesIO(buf.getvalue())).info.get(REDUCED_INFO)  # Pillow does read it into info
     assert REDUCED_INFO not in decode_image(buf.getvalue(), min_side=68).image.info
-
-
-@pytest.mark.parametrize("size", [(866, 866), (1000, 750), (750, 1000), (1023, 40), (2400, 1800), (4000, 3000)])
-def test_the_stored_copy_is_pillows_bicubic_thumbnail_whichever_way_it_is_made(size: tuple[int, int]) -> None:
-    """Under twice the copy's size (a reduced decode) PyTorch's kernel shrinks it, above Pillow's thumbnail; both
-    give Pillow's antialiased bicubic at the thumbnail's size, to within one level."""
-    import numpy as np
-
-    from model.decode import encode_for_store
-
-    rng = np.random.default_rng(0)
-    w, h = size
-    im = Image.fromarray((np.asarray(_texture(size), np.int16) + rng.integers(-20, 20, (h, w, 3))).clip(0, 255).astype(np.uint8))
-    expected = im.copy()
-    expected.thumbnail((512, 512), Image.Resampling.BICUBIC)
-    data, suffix = encode_for_store(im)
-    assert suffix == (".png" if max(expected.size) <= 256 else ".jpg")
-    if suffix == ".jpg":  # compare before JPEG coding
-        from model.decode import _shrink
-
-        got = _shrink(im, 512)
-    else:
-        got = Image.open(io.BytesIO(data))
-    assert got.size == expected.size == Image.open(io.BytesIO(data)).size
-    diff = np.abs(np.asarray(got, np.int16) - np.asarray(expected, np.int16))
-    assert diff.max() <= 1 and diff.mean() < 0.05
