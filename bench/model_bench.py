@@ -321,9 +321,9 @@ def bench_train_step(crop: int = 64, batch: int = 128) -> dict[str, Any]:
     """One training step of the default recipe (``training.train.Trainer``'s: fc6 folded, bf16 autocast where the CPU
     multiplies bf16 natively, fused AdamW with the recipe's groups) against the path before those two changes
     (fc6 unfolded, fp32) and the eager reference (grouped torch.nn, foreach AdamW), same inputs, same run."""
+    from training.precision import uses_bf16
     from training.recipes import recipe
     from training.schedule import make_optimizer
-    from training.train import uses_bf16
 
     cfg = recipe("fashion-mnist")
     torch.manual_seed(0)

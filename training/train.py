@@ -1,4 +1,6 @@
-"""The training loop: reads top to bottom, ``evaluate``, ``Trainer`` (``train_one_epoch``, ``fit``), ``train``.
+"""The training loop: reads top to bottom, ``Trainer`` (``train_one_epoch``, ``fit``), ``train``. Its parts live
+beside it, one theme each: evaluation during training (``evaluate``), bf16 (``precision``), the weight average
+(``averaging``), stopping on a signal (``signals``), checkpoints, schedule, metrics, parallelism.
 
 Checkpoints are a dict with fixed keys, written atomically at the end of every epoch (and on
 Ctrl-C) by rank 0; ``--resume`` continues from the exact step, with the same data order,
@@ -7,17 +9,14 @@ augmentation, dropout masks, optimiser state and learning-rate schedule.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
@@ -28,69 +27,27 @@ from model.alexnet import AlexNet, AlexNetConfig, pool5_size
 from model.console import progress as progress_bar
 from model.preprocess import Preset
 from training import parallel
-from training.augment import augment_batch, centre_batch, pca_stats
+from training.augment import augment_batch, pca_stats
+from training.averaging import WeightAverage
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.data import Source, open_source
+from training.data import open_source
+from training.evaluate import evaluate
 from training.losses import FC7Tap, supcon_loss
 from training.metrics import MetricsLog
+from training.precision import autocast
 from training.recipes import TrainConfig
 from training.schedule import Schedule, make_optimizer, set_lr
+from training.signals import StopOnSignal
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "cpu_computes_bf16", "evaluate", "train", "uses_bf16"]
+__all__ = ["Trainer", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 
 
 def _batch_seed(seed: int, epoch: int, batch: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + batch) % (2**63)
-
-
-def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hit = top == labels[:, None]
-    return [int(hit[:, :k].any(dim=1).sum()) for k in ks]
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, source: Source, preset: Preset, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Centre-crop loss and top-1/top-5 error over a source (the fast tensor path used during training)."""
-    was_training = model.training
-    model.eval()
-    n = loss_sum = c1 = c5 = 0.0
-    for images, labels in source.batches(256, shuffle=False):
-        x = centre_batch(images.to(device), preset)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(cfg, device):
-            logits = model(x).float()
-        labels = labels.to(logits.device)
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        a, b = topk_correct(logits, labels)
-        c1, c5, n = c1 + a, c5 + b, n + len(labels)
-    model.train(was_training)
-    n = max(n, 1)
-    return {"loss": loss_sum / n, "top1_err": 1 - c1 / n, "top5_err": 1 - c5 / n, "images": n}
-
-
-def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether training on ``device`` runs under bf16 autocast: the recipe asks (``amp``) and the device computes
-    in bf16 natively (a GPU, or a CPU with AVX-512 BF16 or AMX)."""
-    return cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cpu_computes_bf16()))
-
-
-def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg, device))
-
-
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so that autocast to bf16 is faster
-    than fp32; elsewhere oneDNN emulates bf16 and it is slower."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a PyTorch without these probes: stay in fp32
-        return False
 
 
 class Trainer:
@@ -269,7 +226,7 @@ class Trainer:
             x = augment_batch(images.to(self.device), self.preset, pca_std=cfg.pca_std, flip=cfg.flip, generator=g)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg, self.device):
+            with autocast(cfg, self.device):
                 logits = model(x).float()
             y = labels.to(logits.device)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -313,7 +270,7 @@ class Trainer:
             self.cfg.save(self.out / "config.json")
         if self.metrics:  # the files hold this run only: a new run's rows, or a resumed run's rows up to its checkpoint
             self.metrics.restart(self.history)
-        with _sigint_checkpoint(self):
+        with StopOnSignal(self):
             while not self.finished() and not self._interrupted:
                 stats = self.train_one_epoch()
                 epoch_done = self.batch_in_epoch >= self.steps_per_epoch
@@ -351,51 +308,6 @@ class Trainer:
             self.save()
             log.warning("interrupted: checkpoint saved to %s; continue with --resume", self.out / CHECKPOINT)
         return self.history
-
-
-class WeightAverage:
-    """An exponential moving average of a model's weights (what is evaluated and exported when the recipe asks
-    for it): after each step, average <- average + (1 - d) * (weights - average), with d ramped up from 0 over
-    the first steps ((1 + step) / (10 + step)) so that the random initialisation is forgotten quickly."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        self.model.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        avg = [t for t in self.model.state_dict().values() if t.is_floating_point()]
-        cur = [t for t in model.state_dict().values() if t.is_floating_point()]
-        torch._foreach_lerp_(avg, cur, 1 - d)
-
-
-class _sigint_checkpoint:
-    """On Ctrl-C or SIGTERM (docker stop, Kubernetes or Slurm pre-emption), finish the current step, save a
-    checkpoint, and stop. A second Ctrl-C stops at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self.previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
-
-    def __enter__(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            if self.trainer._interrupted and signum == signal.SIGINT:  # second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            self.trainer._interrupted = True
-
-        for sig in self.SIGNALS:
-            try:
-                self.previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in self.previous.items():
-            signal.signal(sig, previous)
 
 
 def _resize_for(cfg: TrainConfig) -> int:
