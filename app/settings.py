@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.factory import DEFAULT_AUTO_THRESHOLD, DEFAULT_NPROBE, DEFAULT_RERANK, DEFAULT_SNAPSHOT_EVERY
 from index.store import StoreTimeouts
 from model.decode_cost import DEFAULT_DECODE_BUDGET
 
@@ -136,16 +137,18 @@ class Settings(BaseSettings):
         "FAISS factory string (`HNSW32`, ...)",
     )
     index_auto_threshold: int = Field(
-        20_000, ge=1, description="collection size at which `auto` switches to the compressed index (rebuilt in the background)"
+        DEFAULT_AUTO_THRESHOLD,
+        ge=1,
+        description="collection size at which `auto` switches to the compressed index (rebuilt in the background)",
     )
     index_rerank: int = Field(
-        100, ge=0, description="candidates of a compressed index re-scored exactly with the stored vectors (0: off)"
+        DEFAULT_RERANK, ge=0, description="candidates of a compressed index re-scored exactly with the stored vectors (0: off)"
     )
-    index_nprobe: int = Field(0, ge=0, description="inverted lists an IVF index searches (0: nlist / 64, at least 16)")
+    index_nprobe: int = Field(DEFAULT_NPROBE, ge=0, description="inverted lists an IVF index searches (0: nlist / 64, at least 16)")
     near_duplicate_threshold: float | None = Field(
         None, ge=-1, le=1, description="flag adds whose cosine to a stored image is at least this"
     )
-    snapshot_every: int = Field(2000, ge=1, description="adds/deletes between FAISS snapshots (SQLite is always durable)")
+    snapshot_every: int = Field(DEFAULT_SNAPSHOT_EVERY, ge=1, description="adds/deletes between FAISS snapshots (SQLite is always durable)")
 
     def store_timeouts(self) -> StoreTimeouts:
         return StoreTimeouts(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from index.errors import ImageIndexError
+from index.factory import DEFAULT_AUTO_THRESHOLD
 from index.store import StoreError
 from model.decode import DecodeError
 from model.weights import WeightsError
@@ -248,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--factory",
         default=None,
-        help="auto (a new index's default: exact below 20,000 vectors, PCA256,IVF<nlist>,Flat above), flat (always exact), "
-        "or a FAISS factory string such as PCA256,IVF1024,Flat or HNSW32; an existing index keeps its own unless given",
+        help=f"auto (a new index's default: exact below {DEFAULT_AUTO_THRESHOLD:,} vectors, PCA256,IVF<nlist>,Flat above), "
+        "flat (always exact), or a FAISS factory string such as PCA256,IVF1024,Flat or HNSW32; an existing index keeps "
+        "its own unless given",
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int)

@@ -23,7 +23,11 @@ from index.errors import ImageIndexError
 
 __all__ = [
     "AUTO",
+    "DEFAULT_AUTO_THRESHOLD",
     "DEFAULT_DIM",
+    "DEFAULT_NPROBE",
+    "DEFAULT_RERANK",
+    "DEFAULT_SNAPSHOT_EVERY",
     "auto_factory",
     "base_index",
     "default_nprobe",
@@ -35,6 +39,12 @@ __all__ = [
     "train_index",
     "tune",
 ]
+
+# the tuning defaults, here only (ImageIndex's arguments, the service's settings and the commands' help use these)
+DEFAULT_AUTO_THRESHOLD = 20_000  # collection size at which ``auto`` switches to PCA256,IVF
+DEFAULT_RERANK = 100  # candidates of a compressed index re-scored exactly with the stored vectors (0: off)
+DEFAULT_NPROBE = 0  # inverted lists an IVF index searches (0: ``default_nprobe``)
+DEFAULT_SNAPSHOT_EVERY = 2000  # adds/deletes between snapshots
 
 DEFAULT_DIM = 4096
 AUTO = "auto"

@@ -25,6 +25,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index import factory as tuning  # (the tuning defaults)
 from index.changes import Cancelled, build_from_store, catch_up, fetch, install
 from index.consistency import sampled_problems
 from index.errors import ImageIndexError, WeightsMismatch
@@ -55,11 +56,11 @@ class ImageIndex:
         dim: int = DEFAULT_DIM,
         factory: str | None = None,
         readonly: bool = False,
-        snapshot_every: int = 2000,
+        snapshot_every: int = tuning.DEFAULT_SNAPSHOT_EVERY,
         train_size: int = 50_000,
-        auto_threshold: int = 20_000,
-        rerank: int = 100,
-        nprobe: int = 0,
+        auto_threshold: int = tuning.DEFAULT_AUTO_THRESHOLD,
+        rerank: int = tuning.DEFAULT_RERANK,
+        nprobe: int = tuning.DEFAULT_NPROBE,
         store_url: str | None = None,
         follow_interval: float | None = None,
         store_timeouts: StoreTimeouts | None = None,
@@ -74,8 +75,7 @@ class ImageIndex:
         self.snapshot_every = snapshot_every
         self.train_size = train_size
         self.auto_threshold = auto_threshold
-        self.rerank = rerank  # candidates re-scored exactly (compressed indexes); 0: FAISS's own scores
-        self.nprobe = nprobe  # inverted lists searched (0: nlist / 64, at least 16)
+        self.rerank, self.nprobe = rerank, nprobe  # (what they are: index.factory's DEFAULT_RERANK, DEFAULT_NPROBE)
         self._rebuild_thread: threading.Thread | None = None
         self._closing = False  # stops a background rebuild and the follower
         self._failed: str | None = None  # a factory whose background build failed
