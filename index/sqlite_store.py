@@ -350,16 +350,26 @@ class SQLiteStore(Store):
         ]
         if not candidates:
             return 0
-        removed = 0
+        removed = restored = 0
         with self._transaction("cannot clean up image files") as tx:
+
+            def named(path: Path) -> bool:
+                return tx.db.execute("SELECT 1 FROM images WHERE file = ?", (str(path.relative_to(self.dir)),)).fetchone() is not None
+
             for p in candidates:
-                rel = str(p.relative_to(self.dir))
-                orphan = p.name.startswith(".") or tx.db.execute("SELECT 1 FROM images WHERE file = ?", (rel,)).fetchone() is None
-                if orphan and p.exists():
+                if not p.exists():
+                    continue
+                # a delete killed before its commit left its file aside while its row stands: put it back
+                original = p.with_name(p.name[1 : -len(".deleted")]) if p.name.startswith(".") and p.name.endswith(".deleted") else None
+                if original is not None and named(original) and not original.exists():
+                    os.replace(p, original)
+                    restored += 1
+                elif p.name.startswith(".") or not named(p):
                     p.unlink(missing_ok=True)
                     removed += 1
-        if removed:
-            log.info("removed %d orphan image files left by an interrupted add", removed)
+        if removed or restored:
+            log.info("removed %d orphan image files left by an interrupted add, restored %d set aside by an interrupted delete",
+                     removed, restored)  # fmt: skip
         return removed
 
     def check(self) -> list[str]:

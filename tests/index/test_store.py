@@ -187,3 +187,21 @@ def test_opening_a_gallery_takes_no_write_lock_when_nothing_is_left_over(tmp_pat
         other.execute("ROLLBACK")
         other.close()
     assert opened < 2, f"opening took {opened:.1f} s"
+
+
+def test_a_delete_killed_before_its_commit_keeps_its_image(tmp_path: Path) -> None:
+    """A delete renames the file aside inside its transaction; killed before the commit, the row stands and the file is
+    aside. The next open puts it back (it used to remove it: a row without its file, found by kill -9 in CI)."""
+    from index.index import ImageIndex
+
+    with ImageIndex(tmp_path, weights_hash="a" * 64, dim=DIM) as idx:
+        (added,) = idx.add([item(1)])
+        rec = idx.get(added.id)
+        assert rec is not None
+    path = tmp_path / rec.file
+    path.rename(path.with_name(f".{path.name}.deleted"))  # where the killed delete left it
+    orphan = path.with_name(".other.png.deleted")  # a committed delete's leftover: no row names other.png
+    orphan.write_bytes(b"x")
+    with ImageIndex(tmp_path, weights_hash="a" * 64, dim=DIM) as idx:
+        assert path.is_file() and not orphan.exists()
+        assert idx.check() == [] and idx.image_data(added.id) is not None
