@@ -5,7 +5,7 @@ takes what is queued, waits at most ``max_wait`` for more (up to ``max_batch`` i
 runs one forward pass in a worker thread (the event loop never blocks on the network),
 and hands each request its rows of logits and fc7.
 
-Requests announce themselves when they start reading their upload (``announce``). While
+Requests announce themselves when they start reading their upload (``admission.announce``, app/overload.py). While
 announced requests are still decoding, the worker waits for them up to ``max_wait_busy``:
 with clients that send their next request when the last is answered, half of them would
 otherwise always be one batch behind the other half, and batches would stay half full
@@ -22,12 +22,10 @@ back-to-back forwards.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -35,35 +33,17 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
+from app.overload import Admission
+
 T = TypeVar("T")
 
-__all__ = ["BatchStats", "Batcher", "Overloaded"]
-
-
-class Overloaded(Exception):
-    """The queue holds ``max_queue`` images already: the request is refused at once (503 with Retry-After)
-    rather than queued behind work that would make its wait, and everyone's after it, grow without limit."""
+__all__ = ["BatchStats", "Batcher"]
 
 
 @dataclass
 class _Job:
     images: Tensor  # (n, 3, S, S)
     future: asyncio.Future[tuple[Tensor, Tensor]]
-
-
-class _Announcement:
-    def __init__(self, batcher: Batcher) -> None:
-        self.batcher, self.open = batcher, True
-        self.extra = 0  # images beyond the first, once submitted
-        batcher._arriving += 1
-
-    def close(self) -> None:
-        if self.open:
-            self.open = False
-            self.batcher._arriving -= 1
-
-
-_announced: contextvars.ContextVar[_Announcement | None] = contextvars.ContextVar("announced", default=None)
 
 
 @dataclass
@@ -82,22 +62,18 @@ class Batcher:
         max_wait_busy_s: float = 0.03,
         exclusive: bool = False,
         on_batch: Callable[[int, float], None] | None = None,  # (images, seconds) of each forward pass
-        max_queue: int = 0,  # images waiting for a forward pass before new requests are refused (0: no bound)
+        max_queue: int = 0,  # the overload bound in images (app/overload.py; 0: no bound)
     ) -> None:
         self.forward = forward
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_wait_busy_s = max(max_wait_busy_s, max_wait_s)
-        self._arriving = 0  # requests announced and not yet submitted
-        self._open = 0  # requests announced and not yet answered: read, decoded, queued or in a forward pass
-        self._extra = 0  # the images of open requests beyond one each
+        self.admission = Admission(max_queue)  # what is in flight, and who is refused (app/overload.py)
         self.exclusive = exclusive
         self._idle = threading.Event()  # set while no forward pass runs
         self._idle.set()
         self.on_batch = on_batch
         self.stats = BatchStats()
-        self.max_queue = max_queue
-        self._queued = 0  # images submitted and not yet taken into a batch
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._task: asyncio.Task[None] | None = None
@@ -105,7 +81,7 @@ class Batcher:
     @property
     def queue_depth(self) -> int:
         """Images waiting for a forward pass."""
-        return self._queued
+        return self.admission.queued
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
@@ -122,20 +98,6 @@ class Batcher:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the service is shutting down"))
         self._executor.shutdown(wait=True)
-
-    @asynccontextmanager
-    async def announce(self) -> AsyncIterator[None]:
-        """Around a request's decoding: tells the worker that images are on their way."""
-        a = _Announcement(self)
-        self._open += 1
-        token = _announced.set(a)
-        try:
-            yield
-        finally:
-            a.close()
-            self._open -= 1
-            self._extra -= a.extra
-            _announced.reset(token)
 
     def _forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         self._idle.clear()
@@ -155,52 +117,18 @@ class Batcher:
 
         return await run_in_threadpool(gated)
 
-    def admit(self) -> None:
-        """Called by an announced request before its body is read: refuse it (``Overloaded``) when the images in
-        flight reach ``max_queue``: those of the other announced requests, from the moment they are admitted until
-        their forward pass is done (one each until their images are known), or the images waiting for the network,
-        whichever is more. Under overload the work piles up in reading and decoding before it reaches the queue, and
-        a request in its forward pass still waits for its answer, so the bound counts them all: a request admitted
-        waits for at most ``max_queue`` images ahead of it. A refused upload costs the server its headers only, not
-        the parsing and decoding of its body, so that one process can refuse requests as fast as they come."""
-        others = self._open - 1 if _announced.get() is not None else self._open
-        if self._full(others):
-            raise Overloaded(self._why(others))
-
-    def saturated(self) -> str | None:
-        """Why a request not yet announced would be refused now (``admit``'s test), or None: for a check made
-        before the request reaches its route (``app.limits.EarlyRefusal``)."""
-        return self._why(self._open) if self._full(self._open) else None
-
-    def _full(self, others: int) -> bool:
-        return bool(self.max_queue) and max(self._queued, others + self._extra) >= self.max_queue
-
-    def _why(self, others: int) -> str:
-        return (
-            f"{others} other requests ({others + self._extra} images) are being read, decoded or computed and "
-            f"{self._queued} images wait for the network (the bound is {self.max_queue})"
-        )
-
     async def submit(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Logits (n, classes) and fc7 (n, 4096) for a preprocessed (n, 3, S, S) batch."""
-        a = _announced.get()
-        if a is not None:
-            a.close()  # arrived
-            if not a.extra and len(images) > 1:
-                a.extra = len(images) - 1
-                self._extra += a.extra
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
-        if self.max_queue and self._queued and self._queued + len(images) > self.max_queue:
-            raise Overloaded(f"{self._queued} images are waiting for the network already (the bound is {self.max_queue})")
+        self.admission.enqueue(len(images))  # (Overloaded when the queue would overflow)
         future: asyncio.Future[tuple[Tensor, Tensor]] = asyncio.get_running_loop().create_future()
-        self._queued += len(images)
         await self._queue.put(_Job(images, future))
         return await future
 
     async def _collect(self) -> list[_Job]:
         jobs = [await self._queue.get()]
-        self._queued -= len(jobs[0].images)
+        self.admission.taken(len(jobs[0].images))
         count = len(jobs[0].images)
         start = time.monotonic()
         while count < self.max_batch:
@@ -208,7 +136,7 @@ class Batcher:
                 job = self._queue.get_nowait()
             else:
                 elapsed = time.monotonic() - start
-                busy = self._arriving > 0 and elapsed < self.max_wait_busy_s
+                busy = self.admission.arriving > 0 and elapsed < self.max_wait_busy_s
                 if not busy and elapsed >= self.max_wait_s:
                     break
                 # while requests are arriving, look again every 2 ms (one may fail to decode and never come)
@@ -217,7 +145,7 @@ class Batcher:
                     job = await asyncio.wait_for(self._queue.get(), max(timeout, 0.0001))
                 except TimeoutError:
                     continue
-            self._queued -= len(job.images)
+            self.admission.taken(len(job.images))
             jobs.append(job)
             count += len(job.images)
         return jobs

@@ -28,9 +28,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from app.batching import Overloaded
-from app.limits import at_capacity
 from app.metrics import Metrics
+from app.overload import Overloaded, at_capacity
 from app.uploads import ClientGone
 from index.errors import ImageIndexError, InvalidText, StoreError, StoreUnavailable
 from model.decode import DecodeError

@@ -5,19 +5,16 @@ at once; a body that streams past the cap (no Content-Length, or a false one) is
 when it crosses it. Either way: 413, and no byte of it reaches the multipart parser or an
 image decoder.
 
-``EarlyRefusal`` answers 503 to the routes that declare ``REFUSED_EARLY`` while the batcher is saturated.
+(Refusals for overload, which also come before parsing, are in ``app/overload.py``.)
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable
 
-from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["REFUSED_EARLY", "BodySizeLimit", "BodyTooLarge", "EarlyRefusal", "at_capacity"]
+__all__ = ["BodySizeLimit", "BodyTooLarge"]
 
 
 class BodyTooLarge(Exception):
@@ -79,48 +76,3 @@ class BodySizeLimit:
         except BodyTooLarge:
             if not started:
                 await self._reject(send)
-
-
-def at_capacity(why: str) -> str:
-    """The detail of the 503 a saturated batcher's refusal gets, here or from the route's own admission."""
-    return f"the service is at capacity, try again shortly: {why}"
-
-
-REFUSED_EARLY = {"x-refused-early": True}  # route metadata (``openapi_extra``), so clients see it in /openapi.json too
-
-
-class EarlyRefusal:
-    """While the batcher is saturated (``Batcher.saturated``), the routes that declare ``REFUSED_EARLY`` in their
-    OpenAPI metadata get their 503 with ``Retry-After`` here, from the request line, instead of after routing,
-    dependencies and the route's own ``admit``: under 2x overload two refusals come for every request taken, and
-    each refusal's trip through the framework took CPU from the requests taken. A route declares it when every
-    request it takes runs the model and needs nothing checked first (``POST /images`` runs the model too, but its
-    API key is checked first). The route still admits or refuses each request itself; this is the cheap early test."""
-
-    def __init__(self, app: ASGIApp, on_refusal: Callable[[], None]) -> None:
-        self.app, self.on_refusal = app, on_refusal
-        self._declared: list[tuple[re.Pattern[str], str]] | None = None  # (path, method), read at the first request
-
-    def _refusable(self, scope: Scope) -> bool:
-        if self._declared is None:
-            paths = scope["app"].openapi().get("paths", {}) if hasattr(scope["app"], "openapi") else {}
-            self._declared = [
-                (compile_path(template)[0], method.upper())
-                for template, operations in paths.items()
-                for method, operation in operations.items()
-                if isinstance(operation, dict) and operation.get("x-refused-early")
-            ]
-        return any(method == scope["method"] and regex.match(scope["path"]) for regex, method in self._declared)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._refusable(scope):
-            batcher = getattr(getattr(scope["app"].state, "service", None), "batcher", None)
-            why = batcher.saturated() if batcher is not None else None
-            if why is not None:
-                self.on_refusal()
-                body = json.dumps({"detail": at_capacity(why)}).encode()
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]
-                await send({"type": "http.response.start", "status": 503, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)

@@ -16,9 +16,10 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.batching import Batcher
 from app.errors import register as register_errors
-from app.limits import BodySizeLimit, EarlyRefusal
+from app.limits import BodySizeLimit
 from app.metrics import Metrics
 from app.observe import RequestTelemetry, configure_logging
+from app.overload import Admission, EarlyRefusal
 from app.public import Scrubber
 from app.routes import classify, health, images, similar, web
 from app.settings import Settings, get_settings
@@ -111,6 +112,13 @@ async def retry_open_index(state: ServiceState, every_s: float = 2.0) -> None:
             return
 
 
+def _admission(app: object) -> Admission | None:
+    """The running service's overload accounting (None while it loads): for ``EarlyRefusal``."""
+    service = getattr(getattr(app, "state", None), "service", None)
+    batcher = getattr(service, "batcher", None)
+    return batcher.admission if batcher is not None else None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_format, settings.log_level.upper())
@@ -173,7 +181,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (classify, similar, images, health, web):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(EarlyRefusal, on_refusal=metrics.overloaded.inc)  # inside CORS, so a refusal carries its headers
+    # inside CORS, so a refusal carries its headers
+    app.add_middleware(EarlyRefusal, on_refusal=metrics.overloaded.inc, admission=_admission)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

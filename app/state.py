@@ -118,8 +118,8 @@ class ServedModel:
         def prepare(image: Image.Image) -> Prepared:
             return Prepared(pixels([image], ten_crop), encode_for_store(image) if store else None)
 
-        async with self.batcher.announce():
-            self.batcher.admit()  # a full queue refuses before the body is read: overload costs the server little
+        async with self.batcher.admission.announce():
+            self.batcher.admission.admit()  # a full queue refuses before the body is read: overload costs the server little
             uploads, fields = await read_uploads(
                 request,
                 max_files=s.max_files if multiple else 1,

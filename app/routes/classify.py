@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from app.limits import REFUSED_EARLY
+from app.overload import REFUSED_EARLY
 from app.schemas import ClassifyResponse, ClassifyResult, ErrorResponse
 from app.state import ModelDep
 from app.uploads import multipart_body

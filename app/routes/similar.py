@@ -6,7 +6,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.limits import REFUSED_EARLY
+from app.overload import REFUSED_EARLY
 from app.schemas import ErrorResponse, ImageId, SimilarHit, SimilarQuery, SimilarResponse
 from app.state import IndexDep, ModelDep
 from app.uploads import multipart_body

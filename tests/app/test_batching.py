@@ -14,9 +14,11 @@ import torch
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from app.batching import Batcher, Overloaded
+from app.batching import Batcher
 from app.main import create_app
-from tests.app.conftest import API_KEY, image_bytes, make_settings, upload
+from app.overload import Admission, Overloaded
+from app.testing import image_bytes
+from tests.app.conftest import API_KEY, make_settings, upload
 
 
 def test_concurrent_requests_are_batched_with_identical_answers(tmp_path: Path, small_weights: Path) -> None:
@@ -51,7 +53,7 @@ def test_the_batcher_waits_for_announced_requests_and_not_for_others() -> None:
 
         async def late_request() -> None:  # still "decoding" for 100 ms after the first one is queued
             if announce:
-                async with b.announce():
+                async with b.admission.announce():
                     await asyncio.sleep(0.1)
                     await b.submit(torch.ones(1, 3, 2, 2))
             else:
@@ -74,7 +76,7 @@ def test_a_request_that_fails_to_decode_does_not_hold_the_batch() -> None:
 
         async def failing() -> None:
             try:
-                async with b.announce():
+                async with b.admission.announce():
                     await asyncio.sleep(0.05)
                     raise ValueError("not an image")
             except ValueError:
@@ -161,8 +163,8 @@ def test_the_bound_counts_every_image_in_flight_until_its_forward_pass_is_done()
         seen: list[str] = []
 
         async def request(images: int) -> None:
-            async with b.announce():
-                b.admit()
+            async with b.admission.announce():
+                b.admission.admit()
                 await b.submit(torch.zeros(images, 3, 2, 2))
 
         first = asyncio.ensure_future(request(3))  # three images, taken into a forward pass that is held
@@ -179,7 +181,7 @@ def test_the_bound_counts_every_image_in_flight_until_its_forward_pass_is_done()
         release.set()
         await asyncio.gather(first, second)
         await request(1)  # answered: nothing in flight any more
-        seen.append(f"after: open {b._open}, extra {b._extra}")
+        seen.append(f"after: open {b.admission._open}, extra {b.admission._extra}")
         await b.stop()
         return seen
 
@@ -236,11 +238,11 @@ def test_a_full_queue_refuses_before_reading_the_upload(tmp_path: Path, small_we
     monkeypatch.setattr("app.state.read_uploads", counting_read)
     with TestClient(create_app(make_settings(tmp_path, small_weights, max_queue_images=1))) as client:
         batcher = client.app.state.service.batcher
-        batcher._queued = 1  # as if one image were waiting for the network
+        batcher.admission.queued = 1  # as if one image were waiting for the network
         refused = client.post("/classify", files=upload("a.png", image_bytes(1)))
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert decoded == [] and parsed == []
-        batcher._queued = 0
+        batcher.admission.queued = 0
         assert client.post("/classify", files=upload("a.png", image_bytes(1))).status_code == 200
         assert len(decoded) == 1 and len(parsed) == 1
 
@@ -327,11 +329,11 @@ def test_while_saturated_inference_is_refused_before_routing_and_images_after_th
     refused by a middleware, from the request line, without the route (its dependencies, its own admission) ever
     running; POST /images still checks its key first, so a wrong key is a 401 whatever the load."""
     admitted: list[int] = []
-    real_admit = Batcher.admit
-    monkeypatch.setattr(Batcher, "admit", lambda self: admitted.append(1) or real_admit(self))
+    real_admit = Admission.admit
+    monkeypatch.setattr(Admission, "admit", lambda self: admitted.append(1) or real_admit(self))
     with TestClient(create_app(make_settings(tmp_path, small_weights, max_queue_images=1))) as client:
         batcher = client.app.state.service.batcher
-        batcher._open = 1  # as if one request were in flight
+        batcher.admission._open = 1  # as if one request were in flight
         for route in ("/classify", "/similar"):
             refused = client.post(route, files=upload("a.png", image_bytes(1)))
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
@@ -342,5 +344,5 @@ def test_while_saturated_inference_is_refused_before_routing_and_images_after_th
         assert client.post("/images", files=upload("a.png", image_bytes(1)), headers={"X-API-Key": API_KEY}).status_code == 503
         assert admitted == [1]  # refused by its route's admission, after the key
         assert "alexnet_overload_rejections_total 3.0" in client.get("/metrics").text
-        batcher._open = 0
+        batcher.admission._open = 0
         assert client.post("/classify", files=upload("a.png", image_bytes(1))).status_code == 200
