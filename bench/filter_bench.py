@@ -81,8 +81,8 @@ def _drop_indexes(store: Any, pg: bool) -> None:
 
 
 def run(kind: str, n: int, workdir: Path) -> dict[str, Any]:
+    from app.testing import PostgresServer
     from index.index import ImageIndex
-    from tests.pg import PostgresServer
 
     server = PostgresServer() if kind == "postgres" else None
     try:

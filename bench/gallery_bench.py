@@ -39,7 +39,7 @@ KEY = "bench-key"
 
 
 def _image(seed: int) -> bytes:
-    from tests.app.conftest import image_bytes
+    from app.testing import image_bytes
 
     return image_bytes(seed, size=(40, 40))
 
@@ -89,7 +89,7 @@ def _run_clients(bases: list[str], clients: int, seconds: float, request: Callab
 
 
 def throughput(weights: Path, pg: Any, workdir: Path, seconds: float) -> list[dict[str, Any]]:
-    from tests.server import start_server, stop_server
+    from app.testing import start_server, stop_server
 
     rows = []
     configs = [("sqlite", 1), ("sqlite", 2), ("postgres", 1), ("postgres", 2), ("postgres", 3)]
@@ -135,7 +135,7 @@ def throughput(weights: Path, pg: Any, workdir: Path, seconds: float) -> list[di
 
 def follow_lag(weights: Path, pg: Any, workdir: Path, adds: int) -> list[dict[str, Any]]:
     """Sequential adds on process A; after each 201, poll process B's /readyz until it has applied that change."""
-    from tests.server import start_server, stop_server
+    from app.testing import start_server, stop_server
 
     rows = []
     pause = random.Random(0)
@@ -176,12 +176,12 @@ def follow_lag(weights: Path, pg: Any, workdir: Path, adds: int) -> list[dict[st
 
 def replica_start(pg: Any, workdir: Path, sizes: list[int]) -> list[dict[str, Any]]:
     """Open an ImageIndex on a PostgreSQL store of n synthetic unit vectors: from the store alone, then from its snapshot."""
+    from app.testing import image_bytes
     from index.index import ImageIndex
     from index.store import NewImage, open_store
-    from tests.index.helpers import png
 
     rows = []
-    tiny = png(0)
+    tiny = image_bytes(0, (8, 8))
     for n in sizes:
         url = pg.create_database(f"start_{n}_{int(time.time())}")
         store = open_store(workdir, url)
@@ -230,8 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", default="10000,100000")
     # (imported by `python -m bench gallery`: the defaults; run as a module: its own arguments)
     args = parser.parse_args(argv if argv is not None else sys.argv[1:] if __name__ == "__main__" else [])
-    from tests.conftest import make_weights
-    from tests.pg import PostgresServer
+    from app.testing import PostgresServer, make_weights
 
     workdir = Path(tempfile.mkdtemp(prefix="alexnet-gallery-bench-"))
     pg = PostgresServer()

@@ -162,7 +162,7 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from tests.server import running_server
+    from app.testing import running_server
 
     ap = argparse.ArgumentParser(prog="python -m bench.photo_bench")
     ap.add_argument("--seconds", type=float, default=4)

@@ -149,7 +149,7 @@ def raw_model_throughput(weights: Path, crop: int, batch: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from tests.server import running_server
+    from app.testing import running_server
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8)

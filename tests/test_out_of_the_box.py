@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.conftest import image_bytes
-from tests.server import ROOT, free_port
+from app.testing import ROOT, free_port, image_bytes
 from tests.training.test_data import make_fmnist
 
 pytestmark = pytest.mark.slow

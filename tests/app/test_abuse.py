@@ -16,11 +16,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.testing import PostgresServer, image_bytes, running_server, start_server, stop_server
 from index.pg_store import WRITE_LOCK
-from tests.app.conftest import API_KEY, AUTH, image_bytes, make_settings, upload
+from tests.app.conftest import API_KEY, AUTH, make_settings, upload
 from tests.hostile import one_bit_png, progressive_scan_bomb
-from tests.pg import PostgresServer
-from tests.server import running_server, start_server, stop_server
 
 
 def server_env(tmp_path: Path, weights: Path, **extra: str) -> dict[str, str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.conftest import API_KEY, AddingClients, image_bytes
-from tests.server import ROOT, running_server
+from app.testing import ROOT, image_bytes, running_server
+from tests.app.conftest import API_KEY, AddingClients
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ import io
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.app.conftest import image_bytes, upload
+from app.testing import image_bytes
+from tests.app.conftest import upload
 
 
 def test_classify_returns_top_k_sorted_with_model_info(client: TestClient) -> None:

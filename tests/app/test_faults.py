@@ -18,7 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.app.conftest import AUTH, image_bytes, make_settings, upload
+from app.testing import image_bytes
+from tests.app.conftest import AUTH, make_settings, upload
 
 
 @contextmanager

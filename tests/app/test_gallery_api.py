@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import AUTH, image_bytes, upload
+from app.testing import image_bytes
+from tests.app.conftest import AUTH, upload
 from tests.app.test_images import add
 
 

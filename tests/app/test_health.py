@@ -7,8 +7,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.testing import make_weights
 from tests.app.conftest import make_settings, upload
-from tests.conftest import make_weights
 
 
 def test_health_ready_metrics(client: TestClient) -> None:

@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from tests.app.conftest import API_KEY, AUTH, image_bytes, make_settings, upload
+from app.testing import image_bytes
+from tests.app.conftest import API_KEY, AUTH, make_settings, upload
 
 
 def add(client: TestClient, seed: int, label: str | None = None) -> int:

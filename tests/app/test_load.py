@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
-from bench.common import percentile
-from tests.app.conftest import API_KEY, image_bytes
-from tests.server import running_server
+from app.testing import image_bytes, running_server
+from tests.app.conftest import API_KEY
 
 pytestmark = pytest.mark.slow
 SECONDS = float(os.environ.get("LOAD_SECONDS", "60"))
@@ -88,7 +88,7 @@ def test_sustained_mixed_load_has_no_errors_and_bounded_memory(tmp_path: Path, s
         ready = httpx.get(f"{base}/readyz").json()
     lat = result["latency"]
     assert isinstance(lat, dict)
-    summary = {k: (len(v), 1e3 * percentile(v, 50), 1e3 * percentile(v, 99)) for k, v in lat.items() if v}
+    summary = {k: (len(v), 1e3 * float(np.percentile(v, 50)), 1e3 * float(np.percentile(v, 99))) for k, v in lat.items() if v}
     print(f"\nload {SECONDS:.0f} s: RSS {rss_start:.0f} -> {rss_end:.0f} MiB; requests, p50 ms, p99 ms: {summary}")
     assert result["errors"] == [], result["errors"][:5]
     assert sum(len(v) for v in lat.values()) > SECONDS  # it really ran

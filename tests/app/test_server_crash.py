@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.testing import start_server
 from index.index import ImageIndex
 from model.weights import read_meta
 from tests.app.conftest import API_KEY, AddingClients
-from tests.server import start_server
 
 
 @pytest.mark.slow

@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.conftest import API_KEY, AUTH, AddingClients, image_bytes
-from tests.pg import PostgresServer
-from tests.server import ROOT, running_server, start_server, stop_server
+from app.testing import ROOT, PostgresServer, image_bytes, running_server, start_server, stop_server
+from tests.app.conftest import API_KEY, AUTH, AddingClients
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.app.conftest import AUTH, image_bytes, upload
+from app.testing import image_bytes
+from tests.app.conftest import AUTH, upload
 
 
 def unchanged(client: TestClient, before: int) -> None:

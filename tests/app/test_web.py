@@ -8,9 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.conftest import API_KEY, image_bytes
-from tests.conftest import make_weights
-from tests.server import ROOT, running_server
+from app.testing import ROOT, image_bytes, make_weights, running_server
+from tests.app.conftest import API_KEY
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import io
 
 import numpy as np
-from PIL import Image
 
+from app.testing import image_bytes
 from index.store import NewImage
 
 DIM = 32
 
 
 def png(seed: int, size: int = 8) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    return image_bytes(seed, (size, size))
 
 
 def item(seed: int, vector: np.ndarray | None = None, label: str | None = None) -> NewImage:

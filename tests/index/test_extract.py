@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.testing import ROOT
 from index.extract import build_index
 from index.index import ImageIndex
 from model.predictor import Predictor
-from tests.server import ROOT
 from tests.training.test_data import make_fmnist
 
 
@@ -112,7 +112,7 @@ def test_build_from_fashion_mnist_split(tmp_path: Path, small_weights: Path) -> 
 
 
 def test_other_weights_are_refused_by_the_command(tmp_path: Path, small_weights: Path) -> None:
-    from tests.conftest import make_weights
+    from app.testing import make_weights
 
     make_folder(tmp_path / "p")
     assert (

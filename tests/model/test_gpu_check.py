@@ -1,4 +1,4 @@
-"""bench/gpu_check.py, the script for a machine with GPUs, runs its one-device path on the CPU here."""
+"""training/gpu_check.py, the script for a machine with GPUs, runs its one-device path on the CPU here."""
 
 import json
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.gpu_check import agreement, main
+from training.gpu_check import agreement, main
 
 
 def test_gpu_check_dry_run_on_the_cpu_writes_its_figures(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ import torch
 import torchvision
 from safetensors import safe_open
 
+from app.testing import make_weights
 from model.preprocess import Preset
 from model.weights import WeightsError, WeightsMeta, import_torchvision, load_weights, read_meta, save_weights
-from tests.conftest import make_weights
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path: Path) -> None:

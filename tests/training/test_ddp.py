@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server import ROOT
+from app.testing import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """The GPU paths in one short run, for a machine that has GPUs (a few minutes; writes one JSON file).
 
-    python -m bench.gpu_check [--out gpu_check.json]
-    python -m bench.gpu_check --cpu-dry-run     # the one-GPU path on the CPU, small sizes (checks the script)
+    python -m training.gpu_check [--out gpu_check.json]
+    python -m training.gpu_check --cpu-dry-run     # the one-GPU path on the CPU, small sizes (checks the script)
 
 - Two or more GPUs: the paper's two towers on cuda:0,cuda:1 against both on cuda:0 (logits and
   one SGD step), and the bytes that cross between the towers per image.
@@ -102,7 +102,7 @@ def one_device(device: str, crop: int, batches: tuple[int, ...], train_batch: in
     for b in batches:
         xb = torch.randn(b, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            t = _timed(lambda xb=xb: served.forward_with_fc7(xb), device, repeats)  # type: ignore[misc]
+            t = _timed(lambda xb=xb: served.forward_with_fc7(xb), device, repeats)  # type: ignore[misc,operator]
         out["serving_fp32"].append({"batch": b, "ms": 1000 * t, "images_per_s": b / t})
     # top-5 agreement with the CPU, same weights and inputs
     served_cpu, _ = serving_model(cpu_copy, device="cpu", input_size=crop)
@@ -121,7 +121,7 @@ def agreement(top5: torch.Tensor, reference: torch.Tensor) -> tuple[float, float
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check")
+    parser = argparse.ArgumentParser(prog="python -m training.gpu_check")
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     parser.add_argument("--cpu-dry-run", action="store_true", help="run the one-GPU path on the CPU at small sizes")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
