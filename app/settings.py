@@ -1,4 +1,5 @@
-"""Service settings: environment variables with the prefix ``ALEXNET_`` (or a ``.env`` file)."""
+"""The settings of every ``alexnet`` process: environment variables with the prefix ``ALEXNET_`` (or a ``.env``
+file), read once at the start (``read_settings``) and passed down; no other module reads them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from index.factory import DEFAULT_AUTO_THRESHOLD, DEFAULT_NPROBE, DEFAULT_RERANK
 from index.store import StoreTimeouts
 from model.decode_cost import DEFAULT_DECODE_BUDGET
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "get_settings", "read_settings"]
 
 
 class Settings(BaseSettings):
@@ -85,9 +86,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="port")
 
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body cap (413 before decoding)")
-    max_pixels: int = Field(
-        40_000_000, ge=1, description="decoded pixel limit per image (413), checked against the size the file declares"
-    )
+    max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit per image (413), checked against the size the file declares")
     max_files: int = Field(16, ge=1, description="images per request")
     decode_budget_mb: int = Field(
         DEFAULT_DECODE_BUDGET // 2**20,
@@ -130,6 +129,12 @@ class Settings(BaseSettings):
         description="glibc: keep freed activation memory in the process instead of returning it to the OS, so forward passes "
         "stop page-faulting (the process keeps its peak memory). Also read by the `alexnet` commands that run the model",
     )
+    download: bool = Field(
+        False,
+        description="`alexnet train`, `evaluate`, `calibrate` and `index build`: download Fashion-MNIST (checksums verified) "
+        "when it is missing, as `--download` does; nothing downloads unasked",
+    )
+    fashion_mnist_mirror: str = Field("", description="where such a download comes from (empty: torchvision's first mirror)")
 
     index_factory: str = Field(
         "auto",
@@ -165,13 +170,47 @@ class Settings(BaseSettings):
         return self.torch_threads or (os.cpu_count() or 1)
 
 
+def read_settings() -> Settings:
+    """``Settings()`` from the environment; ``ValueError`` names each variable that does not hold a usable value."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as e:
+        secret = {name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+        problems = "; ".join(
+            f"ALEXNET_{str(err['loc'][0]).upper()}: {err['msg']}" + ("" if err["loc"][0] in secret else f" (got {err.get('input')!r})")
+            for err in e.errors()
+        )
+        raise ValueError(problems) from None
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings of ``uvicorn app.main:app --factory`` (``alexnet serve`` passes its own to ``create_app``)."""
+    return read_settings()
 
 
 TABLE_START = "<!-- the settings table: made by `python -m app.settings --readme` from app/settings.py; edit it there -->"
 TABLE_END = "<!-- end of the settings table -->"
+
+
+# The variables of `make run`, the container's entrypoint (docker/entrypoint.sh) and compose.yaml, read by the shell,
+# not by a Python process: name -> (default, meaning). With the fields above, every ALEXNET_* name the project reads
+# is declared here once; a test finds each name used in the tree in one of the two.
+DEPLOYMENT_VARIABLES: dict[str, tuple[str, str]] = {
+    "ALEXNET_DATA_DIR": ("`data`", "where `make run` and the container keep the weights, training runs and the gallery"),
+    "ALEXNET_RECIPE": ("`fashion-mnist`", "the recipe of the first start's training"),
+    "ALEXNET_TRAIN_ARGS": ("empty", "extra `alexnet train` options for that training (`--minutes 5`)"),
+    "ALEXNET_GALLERY": ("`fashion-mnist:test`", "what the first start's gallery is built from (a folder tree or a data set)"),
+    "ALEXNET_INDEX_ARGS": ("empty", "extra `alexnet index build` options for that gallery (`--limit 1000`)"),
+    "ALEXNET_IMAGE": ("`alexnet-service:latest`", "compose: the image's tag"),
+    "ALEXNET_BASE_IMAGE": ("`python:3.11-slim-bookworm`", "compose: the image it is built on (a build argument)"),
+    "ALEXNET_PUBLISH_PORT": ("`8000`", "compose: the host port of the `api` service"),
+    "ALEXNET_PG_PASSWORD": ("`alexnet`", "compose, `replicas` profile: the PostgreSQL password"),
+    "ALEXNET_REPLICAS": ("`3`", "compose, `replicas` profile: service replicas behind nginx"),
+    "ALEXNET_LB_PORT": ("`8080`", "compose, `replicas` profile: the host port of nginx"),
+}
 
 
 def _default(value: object) -> str:
@@ -192,6 +231,9 @@ def settings_table() -> str:
     for name, field in Settings.model_fields.items():
         description = (field.description or "").replace("|", "\\|")
         rows.append(f"| `ALEXNET_{name.upper()}` | {_default(field.default)} | {description} |")
+    rows += ["", "`make run`, the container's entrypoint and `compose.yaml` also read:", ""]
+    rows += ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | {default} | {meaning} |" for name, (default, meaning) in DEPLOYMENT_VARIABLES.items()]
     return "\n".join(rows)
 
 

@@ -79,9 +79,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/trials"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from model.runtime import apply_memory_setting
+    from model.runtime import retain_freed_memory
 
-    apply_memory_setting()  # as `alexnet train` runs (model/console.py)
+    retain_freed_memory()  # as `alexnet train` runs with its default settings (model/console.py)
     rows = []
     for variant in args.variants:
         rows.append(run(variant, args.minutes, args.out, args.seed))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ import numpy as np
 from index.errors import ImageIndexError
 from index.factory import DEFAULT_AUTO_THRESHOLD
 from index.store import StoreError
+from model.console import CommandSettings, read_settings
+from model.datasets import fetch_fashion_mnist
 from model.decode import DecodeError
 from model.weights import WeightsError
 
@@ -210,36 +211,51 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _backup(args: argparse.Namespace) -> int:
     from index.backup import backup
+    from index.pg_backup import backup_postgres
 
-    if args.store_url:
-        raise ImageIndexError("the gallery lives in PostgreSQL: back it up with pg_dump (README, \"Backups\")")
-    r = backup(args.index, args.dest)
+    if not args.store_url and args.index is None:
+        raise ImageIndexError("--index (a SQLite gallery's directory) or --store-url (a PostgreSQL gallery) is required")
+    r = backup_postgres(args.store_url, args.dest) if args.store_url else backup(args.index, args.dest)
     left = f"; {r.left_out} deleted while it ran left out" if r.left_out else ""
     print(f"backed up {r.images} images (up to change {r.last_change}) to {args.dest} in {r.seconds:.1f} s{left}")
     return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from index.backup import restore
+    from index.backup import DB, restore
+    from index.pg_backup import DUMP, restore_postgres
 
-    if args.store_url:
-        raise ImageIndexError("the gallery lives in PostgreSQL: restore it with pg_restore (README, \"Backups\")")
-    n = restore(args.src, args.index)
-    print(f"restored {n} images into {args.index}; the FAISS index is rebuilt when it is first opened")
+    if (args.src / DUMP).is_file() != bool(args.store_url):
+        raise ImageIndexError(
+            f"{args.src} is a PostgreSQL backup: restore it with --store-url naming a new, empty database"
+            if (args.src / DUMP).is_file()
+            else f"{args.src} is a SQLite backup ({DB}): restore it into a new index directory, without --store-url"
+        )
+    if not args.store_url and args.index is None:
+        raise ImageIndexError("--index is required: the new directory to restore the SQLite gallery into")
+    n = restore_postgres(args.src, args.store_url) if args.store_url else restore(args.src, args.index)
+    where = "the database" if args.store_url else str(args.index)
+    print(f"restored {n} images into {where}; the FAISS index is rebuilt when it is first opened")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(store_url: str | None = None) -> argparse.ArgumentParser:
+    """``store_url``: the default of ``--store-url`` (the process's ``ALEXNET_STORE_URL``)."""
     parser = argparse.ArgumentParser(prog="alexnet index")
     sub = parser.add_subparsers(dest="action", required=True)
 
     def common(p: argparse.ArgumentParser, weights: bool = True) -> None:
         if weights:
             p.add_argument("--weights", type=Path, required=True, help="weights file whose fc7 vectors the index holds")
-        p.add_argument("--index", type=Path, required=True, help="index directory (the SQLite store and the FAISS snapshot)")
+        p.add_argument(
+            "--index",
+            type=Path,
+            required=weights,
+            help="index directory (the SQLite store and the FAISS snapshot)" + ("" if weights else "; not needed with --store-url"),
+        )
         p.add_argument(
             "--store-url",
-            default=os.environ.get("ALEXNET_STORE_URL") or None,
+            default=store_url,
             help="postgresql://USER:PASSWORD@HOST:PORT/DB when the gallery lives in PostgreSQL (default: ALEXNET_STORE_URL; unset: SQLite)",
         )
 
@@ -279,11 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_search)
-    p = sub.add_parser("backup", help="a consistent copy of the gallery, while the server keeps adding")
+    p = sub.add_parser("backup", help="a consistent copy of the gallery (SQLite or PostgreSQL), while the server keeps adding")
     p.add_argument("dest", type=Path, help="a new directory for the backup")
     common(p, weights=False)
     p.set_defaults(func=_backup)
-    p = sub.add_parser("restore", help="put a backup in place as a new index directory")
+    p = sub.add_parser("restore", help="put a backup in place as a new index directory, or in a new, empty database (--store-url)")
     p.add_argument("src", type=Path, help="a directory written by `alexnet index backup`")
     common(p, weights=False)
     p.set_defaults(func=_restore)
@@ -293,15 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", type=Path, help="measure a folder instead: DIR/<label>/<images>, embedded with --weights")
     p.add_argument("--weights", type=Path, help="with --folder: the weights file whose fc7 vectors are measured")
     p.add_argument("--index", type=Path, help="the index directory to measure (its labelled images)")
-    p.add_argument("--store-url", default=os.environ.get("ALEXNET_STORE_URL") or None, help="the gallery's PostgreSQL URL, if there")
+    p.add_argument("--store-url", default=store_url, help="the gallery's PostgreSQL URL, if there")
     p.add_argument("-k", type=int, default=10, help="one more precision@k besides 1, 10 and 100")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_eval)
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv[1:])
-    if getattr(args, "download", False):
-        os.environ["ALEXNET_DOWNLOAD"] = "1"
+def main(argv: list[str], settings: CommandSettings | None = None) -> int:
+    settings = settings or read_settings()
+    store_url = settings.store_url.get_secret_value() if settings.store_url else None
+    args = build_parser(store_url).parse_args(argv[1:])
+    if (getattr(args, "download", False) or settings.download) and str(getattr(args, "source", "")).startswith("fashion-mnist"):
+        args.data_dir = str(fetch_fashion_mnist(args.data_dir, mirror=settings.fashion_mnist_mirror or None))
     return int(args.func(args))

@@ -97,6 +97,7 @@ def build_parser(prog: str = "alexnet") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], settings: object = None) -> int:
+    """(``settings``: the dispatcher's; these commands read none.)"""
     args = build_parser().parse_args(argv)
     return int(args.func(args))

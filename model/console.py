@@ -6,8 +6,9 @@ the other packages are named here only as strings and imported when their comman
 training starts as ``torchrun ... -m model.console train ...``.
 
 The convention every ``cli`` module follows:
-- ``main(argv) -> int``: ``argv`` is the command and its arguments (``["index", "add", "x.jpg"]``);
-  the return value is the exit status.
+- ``main(argv, settings) -> int``: ``argv`` is the command and its arguments (``["index", "add", "x.jpg"]``),
+  ``settings`` the process's settings, read once here from the ``ALEXNET_*`` variables (``app/settings.py``
+  declares every one); the return value is the exit status. Nothing below reads the environment itself.
 - ``ERRORS``: the exceptions that are the user's to fix (a missing file, a bad value, an unusable
   weights file). This module prints them as ``alexnet COMMAND: error: ...`` and exits with 2; any
   other exception is a bug and keeps its traceback.
@@ -20,11 +21,35 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm import tqdm
 
-__all__ = ["COMMANDS", "LogProgress", "main", "progress", "version"]
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+__all__ = ["COMMANDS", "CommandSettings", "LogProgress", "main", "progress", "read_settings", "version"]
+
+
+class CommandSettings(Protocol):
+    """The settings the commands outside the service read; ``app.settings.Settings`` has them all, with their
+    defaults and meanings. Each command receives the one object read at its start, never the environment."""
+
+    @property
+    def retain_freed_memory(self) -> bool: ...
+    @property
+    def download(self) -> bool: ...
+    @property
+    def fashion_mnist_mirror(self) -> str: ...
+    @property
+    def store_url(self) -> SecretStr | None: ...
+
+
+def read_settings() -> Any:
+    """The process's settings (``app.settings.Settings``, named as a string like the commands: ``model`` imports
+    no other package); ``ValueError`` names each variable it cannot read."""
+    return importlib.import_module("app.settings").read_settings()
+
 
 # subcommand -> (module with main(argv) and ERRORS, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,6 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("index.cli", "build, add to, search and inspect a similarity index"),
     "serve": ("app.cli", "start the HTTP service"),
 }
+
 
 def progress(
     iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str, unit: str = "it", initial: int = 0,
@@ -138,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, *getattr(module, "ERRORS", ()))
     try:
-        if command in MODEL_COMMANDS:
-            from model.runtime import apply_memory_setting
+        settings = read_settings()
+        if command in MODEL_COMMANDS and settings.retain_freed_memory:
+            from model.runtime import retain_freed_memory
 
-            apply_memory_setting()  # forward passes reuse their memory instead of page-faulting (model/runtime.py)
-        return int(module.main(argv))
+            retain_freed_memory()  # forward passes reuse their memory instead of page-faulting (model/runtime.py)
+        return int(module.main(argv, settings))
     except errors as e:
         print(f"alexnet {command}: error: {e}", file=sys.stderr)
         return 2

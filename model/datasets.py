@@ -14,7 +14,6 @@ them: ``index`` reads Fashion-MNIST without importing ``training``.
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +56,7 @@ _FMNIST_FILES = {
 }
 
 
-DOWNLOAD_ENV = "ALEXNET_DOWNLOAD"  # 1: download Fashion-MNIST when it is missing (off by default: nothing downloads unasked)
 DOWNLOAD_DIR = Path("data/fashion-mnist")  # where a download goes when no --data-dir is given
-MIRROR_ENV = "ALEXNET_FASHION_MNIST_MIRROR"  # where from (default: torchvision's mirror)
 
 
 class DataError(ValueError):
@@ -135,17 +132,37 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
-def download_requested() -> bool:
-    return os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+def _complete(root: Path) -> bool:
+    return all(_find_idx(root, s) for stems in _FMNIST_FILES.values() for s in stems)
 
 
-def download_fashion_mnist(root: Path) -> None:
+def fashion_mnist_root(root: str | Path | None = None) -> Path:
+    """Where Fashion-MNIST is read from when no directory is named: the Debian package's, else an earlier
+    download's (``data/fashion-mnist``); ``root`` itself when named."""
+    if root is not None:
+        return Path(root)
+    return FASHION_MNIST_DIR if _complete(FASHION_MNIST_DIR) or not _complete(DOWNLOAD_DIR) else DOWNLOAD_DIR
+
+
+def fetch_fashion_mnist(root: str | Path | None = None, *, mirror: str | None = None) -> Path:
+    """Make sure all four files are on disk and return the directory holding them: ``root`` (downloading what it
+    lacks), or with no ``root`` the Debian package's directory when complete, else ``data/fashion-mnist``.
+    The commands call this for ``--download`` (``ALEXNET_DOWNLOAD``); nothing else downloads."""
+    found = fashion_mnist_root(root)
+    if not _complete(found):
+        found = Path(root) if root is not None else DOWNLOAD_DIR
+        download_fashion_mnist(found, mirror=mirror)
+    return found
+
+
+def download_fashion_mnist(root: Path, *, mirror: str | None = None) -> None:
     """The four files into ``root/FashionMNIST/raw`` with torchvision's downloader, each checked against
-    torchvision's MD5 checksum (a file that does not match is refused)."""
+    torchvision's MD5 checksum (a file that does not match is refused). ``mirror``: where from (default
+    torchvision's first mirror)."""
     from torchvision.datasets import FashionMNIST
     from torchvision.datasets.utils import download_and_extract_archive
 
-    mirror = os.environ.get(MIRROR_ENV) or FashionMNIST.mirrors[0]
+    mirror = mirror or FashionMNIST.mirrors[0]
     raw = root / "FashionMNIST" / "raw"
     for filename, md5 in FashionMNIST.resources:
         if (raw / filename).is_file():
@@ -157,22 +174,14 @@ def download_fashion_mnist(root: Path) -> None:
             raise DataError(f"downloading Fashion-MNIST's {filename} from {mirror} failed: {e}") from e
 
 
-def fashion_mnist(root: str | Path | None = None, split: str = "train", *, download: bool | None = None) -> ImageSet:
-    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) split from its IDX files (.gz or plain).
-    ``download`` (default: ``ALEXNET_DOWNLOAD``): fetch them into ``root`` (default ``data/fashion-mnist``) when
-    they are missing."""
+def fashion_mnist(root: str | Path | None = None, split: str = "train", *, download: bool = False, mirror: str | None = None) -> ImageSet:
+    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) split from its IDX files (.gz or plain), in ``root``
+    or where ``fashion_mnist_root`` finds them. ``download``: fetch what is missing first (``fetch_fashion_mnist``)."""
     if split not in _FMNIST_FILES:
         raise DataError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
     stems = _FMNIST_FILES[split]
-    downloading = download_requested() if download is None else download
-    if root is None:  # the Debian package's, else (downloading) the project's data directory
-        have = all(_find_idx(FASHION_MNIST_DIR, s) for s in stems)
-        root = FASHION_MNIST_DIR if have or not downloading else DOWNLOAD_DIR
-    root = Path(root)
+    root = fetch_fashion_mnist(root, mirror=mirror) if download else fashion_mnist_root(root)
     paths = [_find_idx(root, s) for s in stems]
-    if any(p is None for p in paths) and downloading:
-        download_fashion_mnist(root)
-        paths = [_find_idx(root, s) for s in stems]
     if any(p is None for p in paths):
         missing = [s + ".gz" for s, p in zip(stems, paths, strict=True) if p is None]
         raise DataError(
@@ -180,7 +189,7 @@ def fashion_mnist(root: str | Path | None = None, split: str = "train", *, downl
             f"`sudo apt-get install dataset-fashion-mnist` (puts it in {FASHION_MNIST_DIR}), or put the four IDX files "
             "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) "
             "in a directory and pass it with --data-dir; or let it be downloaded (checksums verified) with --download "
-            f"or {DOWNLOAD_ENV}=1 and a writable --data-dir."
+            "or ALEXNET_DOWNLOAD=1 and a writable --data-dir."
         )
     images, labels = read_idx(paths[0]), read_idx(paths[1])  # type: ignore[arg-type]
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

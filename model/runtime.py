@@ -14,13 +14,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
-from collections.abc import Mapping
 
-__all__ = ["GLIBC_DEFAULT_THRESHOLD", "RETAIN_ENV", "apply_memory_setting", "page_faults", "retain_freed_memory"]
-
-RETAIN_ENV = "ALEXNET_RETAIN_FREED_MEMORY"  # read here by the commands that run the model; the service reads its Settings
+__all__ = ["GLIBC_DEFAULT_THRESHOLD", "page_faults", "retain_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +49,6 @@ def retain_freed_memory(threshold: int = 1 << 30) -> bool:
     if not ok:
         log.warning("mallopt refused a threshold of %d bytes; freed memory goes back to the OS", threshold)
     return ok
-
-
-def apply_memory_setting(environ: Mapping[str, str] = os.environ) -> bool:
-    """Apply ``ALEXNET_RETAIN_FREED_MEMORY`` (default true; read as pydantic reads a bool); True if freed memory
-    is now retained. ``ValueError`` names the variable when its value is not a boolean."""
-    from pydantic import TypeAdapter, ValidationError
-
-    value = environ.get(RETAIN_ENV, "true")
-    try:
-        retain = TypeAdapter(bool).validate_python(value)
-    except ValidationError:
-        raise ValueError(f"{RETAIN_ENV} must be true or false, got {value!r}") from None
-    return retain_freed_memory() if retain else False
 
 
 def page_faults() -> int:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from model.datasets import DOWNLOAD_ENV, DataError
+from model.console import CommandSettings, read_settings
+from model.datasets import DataError, fetch_fashion_mnist
 from model.weights import WeightsError
 
 __all__ = ["ERRORS", "main"]
 
 ERRORS = (DataError, WeightsError)  # printed by the dispatcher (model/console.py)
+
+
+def _data_dir(args: argparse.Namespace, data: str, data_dir: str | None) -> str | None:
+    """Where ``data`` is read from; with ``--download`` (``ALEXNET_DOWNLOAD``) Fashion-MNIST is fetched first, here,
+    so that nothing after this (data-loading workers included) downloads."""
+    if data == "fashion-mnist" and args.download:
+        return str(fetch_fashion_mnist(data_dir, mirror=args.mirror))
+    return data_dir
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -39,10 +47,9 @@ def _train(args: argparse.Namespace) -> int:
         amp=args.amp,
         fold_fc6=args.fold_fc6,
     )
-    if args.no_minutes:
-        from dataclasses import replace
+    from dataclasses import replace
 
-        cfg = replace(cfg, minutes=None)
+    cfg = replace(cfg, data_dir=_data_dir(args, cfg.data, cfg.data_dir), minutes=None if args.no_minutes else cfg.minutes)
     trainer = train(cfg, resume=args.resume, export=not args.no_export)
     if trainer.is_main and not args.no_export and not trainer._interrupted:
         from model.weights import read_meta
@@ -70,8 +77,9 @@ def _export(args: argparse.Namespace) -> int:
     if not (args.no_eval and args.no_calibrate):  # (the checkpoint is read again by the export: only when needed)
         cfg = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
         size = cfg.resize_size or Preset.for_crop(cfg.crop_size).resize_size
-        source = None if args.no_eval else open_source(cfg.data, split="val", data_dir=cfg.data_dir, size=size)
-        calibration = None if args.no_calibrate else open_source(cfg.data, split="train", data_dir=cfg.data_dir, size=size)
+        data_dir = _data_dir(args, cfg.data, cfg.data_dir)
+        source = None if args.no_eval else open_source(cfg.data, split="val", data_dir=data_dir, size=size)
+        calibration = None if args.no_calibrate else open_source(cfg.data, split="train", data_dir=data_dir, size=size)
     meta = export_checkpoint(args.checkpoint, args.out, evaluate_on=source, ten_crop=args.ten_crop, calibrate_with=calibration)
     print(f"wrote {args.out}: {meta.num_classes} classes, hash {meta.short_hash}, metrics {json.dumps(meta.metrics)}")
     return 0
@@ -83,7 +91,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from training.export import calibrate_weights
 
     meta = read_meta(args.weights)
-    source = open_source(args.data, split="train", data_dir=args.data_dir, size=meta.preset.resize_size, class_names=meta.class_names)
+    data_dir = _data_dir(args, args.data, args.data_dir)
+    source = open_source(args.data, split="train", data_dir=data_dir, size=meta.preset.resize_size, class_names=meta.class_names)
     meta = calibrate_weights(args.weights, source, args.images)
     ranges = meta.calibration["ranges"]
     print(f"{args.weights}: int8 calibration from {meta.calibration['images']} images of {args.data} ({len(ranges)} ranges); "
@@ -98,7 +107,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     predictor = Predictor(args.weights, device=args.device)
     source = open_source(
-        args.data, split=args.split, data_dir=args.data_dir, size=predictor.meta.preset.resize_size, class_names=predictor.class_names
+        args.data,
+        split=args.split,
+        data_dir=_data_dir(args, args.data, args.data_dir),
+        size=predictor.meta.preset.resize_size,
+        class_names=predictor.class_names,
     )
     results = [evaluate_predictor(predictor, source, limit=args.limit)]
     if args.ten_crop:
@@ -192,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], settings: CommandSettings | None = None) -> int:
+    settings = settings or read_settings()
     args = build_parser().parse_args(argv)
-    if getattr(args, "download", False):  # (an environment variable reaches data-loading worker processes too)
-        os.environ[DOWNLOAD_ENV] = "1"
+    args.download = getattr(args, "download", False) or settings.download
+    args.mirror = settings.fashion_mnist_mirror or None
     return int(args.func(args))

@@ -73,7 +73,7 @@ def test_console_applies_it_for_model_commands(monkeypatch: pytest.MonkeyPatch, 
     commands = {module for module, _ in console.COMMANDS.values()}
 
     def fake_import(name: str, package: str | None = None) -> object:  # the command modules only (pydantic imports lazily too)
-        return types.SimpleNamespace(main=lambda a: 0) if name in commands else real_import(name, package)
+        return types.SimpleNamespace(main=lambda *a: 0) if name in commands else real_import(name, package)
 
     monkeypatch.setattr(console.importlib, "import_module", fake_import)
     if env is None:
@@ -89,4 +89,4 @@ def test_console_refuses_a_setting_it_cannot_read(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setenv("ALEXNET_RETAIN_FREED_MEMORY", "sometimes")
     assert console.main(["classify"]) == 2
-    assert "ALEXNET_RETAIN_FREED_MEMORY must be true or false" in capsys.readouterr().err
+    assert "ALEXNET_RETAIN_FREED_MEMORY: Input should be a valid boolean" in capsys.readouterr().err
