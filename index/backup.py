@@ -52,6 +52,27 @@ def _connect(path: Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
+@contextmanager
+def new_backup_dir(dest: Path) -> Iterator[Path]:
+    """A directory beside ``dest`` to write a backup into: renamed to ``dest`` when the block ends, removed when
+    it fails, so that ``dest`` only ever holds a whole backup. ``dest`` may exist if it is empty."""
+    work = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+        if dest.exists():
+            dest.rmdir()  # (an empty directory the user made for it; a non-empty one fails here, naming it)
+        work.rename(dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def write_manifest(work: Path, report: BackupReport, **about: str) -> None:
+    (work / MANIFEST).write_text(json.dumps({**about, "time": time.time(), **asdict(report)}, indent=2) + "\n")
+
+
 def backup(index_dir: Path, dest: Path) -> BackupReport:
     """Copy the gallery in ``index_dir`` to the new directory ``dest`` (which must not hold a gallery)."""
     start = time.perf_counter()
@@ -60,10 +81,7 @@ def backup(index_dir: Path, dest: Path) -> BackupReport:
         raise ImageIndexError(f"{source}: no gallery to back up")
     if (dest / DB).exists():
         raise ImageIndexError(f"{dest} already holds a backup; choose a new directory")
-    work = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+    with new_backup_dir(dest) as work:
         with _connect(source) as src, _connect(work / DB) as out:
             src.backup(out)  # one consistent moment, however many writes follow
         left_out = 0
@@ -83,13 +101,7 @@ def backup(index_dir: Path, dest: Path) -> BackupReport:
                 raise ImageIndexError(f"{source}: the copy failed SQLite's integrity check")
             db.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         report = BackupReport(images, last, left_out, round(time.perf_counter() - start, 3))
-        (work / MANIFEST).write_text(json.dumps({"source": str(index_dir), "time": time.time(), **asdict(report)}, indent=2) + "\n")
-        if dest.exists():
-            dest.rmdir()  # (an empty directory the user made for it; a non-empty one fails here, naming it)
-        work.rename(dest)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        write_manifest(work, report, source=str(index_dir))
     return report
 
 
