@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="port")
 
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body cap (413 before decoding)")
-    max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit per image (413), checked against the size the file declares")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="decoded pixel limit per image (413), checked against the size the file declares"
+    )
     max_files: int = Field(16, ge=1, description="images per request")
     decode_budget_mb: int = Field(
         DEFAULT_DECODE_BUDGET // 2**20,

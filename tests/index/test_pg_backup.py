@@ -4,9 +4,11 @@ real server; the copy is the gallery as of one moment, its images byte for byte.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,7 +77,7 @@ def test_restore_refuses_a_database_that_holds_a_gallery_and_the_wrong_kind_of_b
         _cli("restore", str(tmp_path / "sbk"), "--store-url", postgres.create_database("other"))
 
 
-def test_the_backup_is_one_moment_while_writers_go_on(tmp_path: Path, pg_url: str) -> None:
+def test_the_backup_is_one_moment_while_writers_go_on(tmp_path: Path, postgres: PostgresServer, pg_url: str) -> None:
     """Adds during the dump: the manifest's count is the dump's, whatever was added after its snapshot."""
     _gallery(pg_url, tmp_path / "live", 20)
     stop = threading.Event()
@@ -95,19 +97,37 @@ def test_the_backup_is_one_moment_while_writers_go_on(tmp_path: Path, pg_url: st
         stop.set()
         t.join(30)
     manifest = json.loads((tmp_path / "bk" / "BACKUP.json").read_text())
-    server_db = pg_url.rsplit("/", 1)[0] + "/moment"
-    import psycopg
-
-    with psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute('CREATE DATABASE "moment"')
-    assert restore_postgres(tmp_path / "bk", server_db) == manifest["images"] >= 20
-    with closing(open_store(tmp_path, server_db)) as copy:  # every change the copy records names an image it holds or deleted
-        assert copy.count() == manifest["images"]
+    target = postgres.create_database("moment")
+    assert restore_postgres(tmp_path / "bk", target) == manifest["images"] >= 20
+    with closing(open_store(tmp_path, target)) as copy:  # the images and the change log of the same moment
+        assert copy.count() == manifest["images"] and copy.last_seq() == manifest["last_change"]
 
 
-def test_the_password_stays_off_the_command_line_and_out_of_errors(tmp_path: Path, postgres: PostgresServer) -> None:
-    url = postgres.url("no_such_database").replace("alexnet@", "alexnet:s3cret-pw@")
+def test_the_password_stays_off_the_command_line_and_out_of_errors(
+    tmp_path: Path, postgres: PostgresServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_dump and pg_restore get it in PGPASSWORD only (a command line is visible to every user of the machine)."""
+    import index.pg_backup
+
+    calls: list[tuple[list[str], str | None]] = []
+    real_run = subprocess.run
+
+    def recording_run(args: list[str], **kw: Any) -> Any:
+        calls.append((args, kw["env"].get("PGPASSWORD")))
+        return real_run(args, **kw)
+
+    monkeypatch.setattr(index.pg_backup.subprocess, "run", recording_run)
+    _gallery(pg_url, tmp_path / "live", 2)  # (the test server trusts every local login: any password is accepted)
+    with_password = pg_url.replace("alexnet@", "alexnet:s3cret-pw@")
+    assert _cli("backup", str(tmp_path / "bk"), "--store-url", with_password) == 0
+    target = postgres.create_database("pw_restored").replace("alexnet@", "alexnet:s3cret-pw@")
+    assert _cli("restore", str(tmp_path / "bk"), "--store-url", target) == 0
+    assert [Path(args[0]).name for args, _ in calls] == ["pg_dump", "pg_restore"]
+    for args, password in calls:
+        assert password == "s3cret-pw" and not any("s3cret-pw" in a for a in args)
+
+    missing = postgres.url("no_such_database").replace("alexnet@", "alexnet:s3cret-pw@")
     with pytest.raises(ImageIndexError) as e:
-        _cli("backup", str(tmp_path / "bk"), "--store-url", url)
+        _cli("backup", str(tmp_path / "bk2"), "--store-url", missing)
     assert "s3cret-pw" not in str(e.value)
-    assert not (tmp_path / "bk").exists() and not (tmp_path / "bk.partial").exists()
+    assert not (tmp_path / "bk2").exists() and not (tmp_path / "bk2.partial").exists()
