@@ -178,7 +178,8 @@ def _gallery_for_eval(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray,
 
     store = open_store(args.index, args.store_url, readonly=True)
     try:
-        id_chunks, vec_chunks = zip(*store.iter_vectors(), strict=True) if store.count() else ((), ())
+        active = store.get_meta("weights_hash")
+        id_chunks, vec_chunks = zip(*store.iter_vectors(weights=active), strict=True) if store.count() else ((), ())
         all_ids = [int(i) for chunk in id_chunks for i in chunk]
         records = store.get_many(all_ids)
         keep = [i for i in all_ids if records[i].label]

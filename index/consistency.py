@@ -14,7 +14,7 @@ __all__ = ["sampled_problems"]
 Search = Callable[[np.ndarray, int], list[list[tuple[int, float]]]]
 
 
-def sampled_problems(store: Store, search: Search, sample: int = 64) -> list[str]:
+def sampled_problems(store: Store, search: Search, sample: int = 64, weights: str | None = None) -> list[str]:
     """Up to ``sample`` stored images, spread over the gallery's ids, each searched (``search(vectors, k)``) with its
     stored unit vector: an exact index finds each as itself (or a tie), a compressed one at least among its 10 best
     with a cosine above 0.99. A problem line when some are not found (empty when all are)."""
@@ -22,7 +22,7 @@ def sampled_problems(store: Store, search: Search, sample: int = 64) -> list[str
     if not len(ids):
         return []
     picked = ids[np.linspace(0, len(ids) - 1, min(sample, len(ids))).astype(int)]
-    found, vectors = store.vectors([int(i) for i in picked])
+    found, vectors = store.vectors([int(i) for i in picked], weights)
     nonzero = np.linalg.norm(vectors, axis=1) > 0.5 if len(found) else np.zeros(0, dtype=bool)
     found, vectors = found[nonzero], vectors[nonzero]  # (an all-zero vector, an all-black image's fc7, is near nothing)
     if not len(found):

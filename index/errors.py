@@ -10,6 +10,7 @@ __all__ = [
     "SnapshotUnusable",
     "StoreError",
     "StoreUnavailable",
+    "WeightsChanged",
     "WeightsMismatch",
 ]
 
@@ -28,6 +29,11 @@ class StoreError(RuntimeError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached right now (database down, locked past the timeout): try again later."""
+
+
+class WeightsChanged(StoreUnavailable):
+    """A write made with weights that are no longer the gallery's active ones (another process activated new ones
+    meanwhile): the writer follows the switch, and the request is worth a retry."""
 
 
 class InvalidText(ValueError):

@@ -2,13 +2,15 @@
 
 fc7 vectors made by other weights are meaningless next to the stored ones, so a store records the
 content hash of the weights that made its vectors (and their dimension, and the configured FAISS
-factory), and every later opener must bring the same weights.
+factory), and every later opener must bring the same weights, or weights registered beside them
+(``index.registry``: staged, or retired with their vectors kept).
 """
 
 from __future__ import annotations
 
 import uuid
 
+from index import registry
 from index.errors import ImageIndexError, WeightsMismatch
 from index.factory import AUTO, is_exact, new_faiss
 from index.store import Store
@@ -41,13 +43,18 @@ def claim_identity(store: Store, weights_hash: str, dim: int, factory: str | Non
         # two processes opening an empty store at once agree on the first identity written
         store.init_meta({"weights_hash": weights_hash, "dim": str(dim), "factory": factory or AUTO, "gallery_id": uuid.uuid4().hex})
         stored = store.get_meta("weights_hash")
-    if stored != weights_hash:
-        raise WeightsMismatch(
-            f"the index in {store.location} was built with weights {str(stored)[:12]}, but the loaded weights are "
-            f"{weights_hash[:12]}: its vectors would be meaningless. Point at the weights that built it, or rebuild it with "
-            f"`alexnet index build SOURCE --weights W --index DIR` into an empty index directory (or database)."
-        )
+    if not readonly:
+        registry.ensure_active(store, str(stored), int(store.get_meta("dim") or dim))
     configured = factory or store.get_meta("factory") or AUTO
     if not readonly and configured != store.get_meta("factory"):
         store.set_meta("factory", configured)
+    if stored != weights_hash:  # the vectors of staged or retired weights, for a replica about to switch, or a comparison
+        other = registry.entry(store, weights_hash)
+        if other is None:
+            raise WeightsMismatch(
+                f"the gallery in {store.location} serves weights {str(stored)[:12]}, but the loaded weights are "
+                f"{weights_hash[:12]}: their vectors would be meaningless. Point at the active weights (`alexnet model list`), or "
+                f"move the gallery to these weights without losing an image: `alexnet model stage W`, then `alexnet model activate`."
+            )
+        return weights_hash, other.dim, configured
     return stored, int(store.get_meta("dim") or dim), configured

@@ -6,9 +6,9 @@
 - ``auto`` (the service's default factory) is exact below ``auto_threshold`` vectors and
   ``PCA256,IVF<nlist>,Flat`` above (``index.factory``), rebuilt in a background thread when the
   collection crosses a size step; searches and adds go on against the old index meanwhile.
-- The snapshot (``index.snapshot``) holds the index and the last change it holds; a damaged one, or one of
-  another gallery or history, is rebuilt from the store. Other weights are refused (``index.identity``).
-  Searches run concurrently; installing changes takes a writer lock for the FAISS calls only.
+- The snapshot (``index.snapshot``) holds the index and the last change it holds; a damaged one, or one of another
+  gallery or history, is rebuilt from the store. It serves one weights' vectors: the active, or registered ones
+  (``index.identity``, ``index.registry``). Searches run concurrently; installs take a writer lock for FAISS only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +158,7 @@ class ImageIndex:
             changes = self.store.changes_after(self.applied_seq)
             if not changes:
                 break
-            fetched = fetch(self.store, self.index, self.dim, changes, check_indexed=False, known=known)
+            fetched = fetch(self.store, self.index, self.dim, changes, check_indexed=False, known=known, weights=self.weights_hash)
             with self._lock.write():
                 install(self.index, self._tombstones, *fetched)
                 self.applied_seq = changes[-1][0]
@@ -183,13 +182,13 @@ class ImageIndex:
 
     def _fresh(self, factory: str) -> tuple[faiss.Index, int, set[int]]:
         """A new index of ``factory`` from the store, caught up: (index, last change, tombstones)."""
-        return self._finish(*build_from_store(self.store, self.dim, factory, train_size=self.train_size))
+        return self._finish(*build_from_store(self.store, self.dim, factory, train_size=self.train_size, weights=self.weights_hash))
 
     def _finish(self, index: faiss.Index, seq: int) -> tuple[faiss.Index, int, set[int]]:
         """A built index, caught up with the changes made since ``seq`` and tuned for searching."""
         tombstones: set[int] = set()
         # (an untrained index has nothing to hold yet: it is current with every change)
-        seq = catch_up(self.store, index, self.dim, tombstones, seq) if index.is_trained else self.store.last_seq()
+        seq = catch_up(self.store, index, self.dim, tombstones, seq, self.weights_hash) if index.is_trained else self.store.last_seq()
         tune(index, self.nprobe)
         return index, seq, tombstones
 
@@ -211,7 +210,8 @@ class ImageIndex:
     def _rebuild(self, factory: str) -> None:
         try:
             # reads the store only; the old index keeps serving
-            new, seq = build_from_store(self.store, self.dim, factory, train_size=self.train_size, cancelled=lambda: self._closing)
+            new, seq = build_from_store(self.store, self.dim, factory, train_size=self.train_size, cancelled=lambda: self._closing,
+                                        weights=self.weights_hash)  # fmt: skip
             with self._sync_mutex:  # what was added or deleted during the build, then the swap
                 self._replace(*self._finish(new, seq), factory)
                 try:
@@ -227,8 +227,7 @@ class ImageIndex:
 
     def wait_rebuild(self, timeout: float | None = None) -> bool:
         """Wait for a background rebuild; True when none is running."""
-        t = self._rebuild_thread
-        if t is not None:
+        if (t := self._rebuild_thread) is not None:
             t.join(timeout)
         return t is None or not t.is_alive()
 
@@ -242,7 +241,7 @@ class ImageIndex:
             if item.vector.shape != (self.dim,):
                 raise ValueError(f"vector of shape {item.vector.shape}, this index holds {self.dim}-d vectors")
         # the store keeps unit vectors, so that snapshots, replays and rebuilds all add the same thing
-        items = [replace(it, vector=normalise(it.vector)[0]) for it in items]
+        items = [it.unit() for it in items]
         with self._sync_mutex:
             near: list[tuple[int | None, float | None]] = [(None, None)] * len(items)
             if near_duplicate_threshold is not None and self.index.ntotal:
@@ -251,7 +250,7 @@ class ImageIndex:
                 for j, hits in enumerate(found):
                     if hits and hits[0][1] >= near_duplicate_threshold:
                         near[j] = hits[0]
-            stored = self.store.add_many(items)  # durable from here on
+            stored = self.store.add_many(items, self.weights_hash)  # durable from here on
             self._sync_after_write({i: v for i, created, v in stored if created and v is not None})
         self._maybe_rebuild()
         return [AddResult(i, created, *(near[j] if created else (None, None))) for j, (i, created, _) in enumerate(stored)]
@@ -299,7 +298,7 @@ class ImageIndex:
 
     def _rescore(self, query: np.ndarray, ids: list[int]) -> list[tuple[int, float]]:
         """Exact cosines of the candidates from their stored unit vectors, best first."""
-        found, vecs = self.store.vectors(ids)
+        found, vecs = self.store.vectors(ids, self.weights_hash)
         if not len(found):
             return []
         best, scores = rescore(query, found, vecs)
@@ -380,7 +379,7 @@ class ImageIndex:
 
     def vector(self, image_id: int) -> np.ndarray | None:
         self._reachable()
-        return self.store.vector(image_id)
+        return self.store.vector(image_id, self.weights_hash)
 
     def image_data(self, image_id: int) -> tuple[bytes, str] | None:
         """The stored, re-encoded image (bytes, suffix), or None."""
@@ -417,7 +416,7 @@ class ImageIndex:
                 with self._lock.read():
                     return self._search_locked(vectors, k)
 
-            unfound = sampled_problems(self.store, search, sample)
+            unfound = sampled_problems(self.store, search, sample, self.weights_hash)
         counts = [f"store has {n_store} images, FAISS index {n_index}"] if n_store != n_index else []
         return counts + unfound + self.store.check()
 

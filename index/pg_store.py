@@ -25,8 +25,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
 from index.store import (
     MAX_LABEL_CHARS,
     SCHEMA_VERSION,
@@ -78,6 +76,26 @@ MIGRATIONS: dict[int, list[str]] = {  # version -> statements that bring version
         "CREATE INDEX IF NOT EXISTS alexnet_images_label ON alexnet_images (label)",
         'CREATE INDEX IF NOT EXISTS alexnet_images_source ON alexnet_images (source COLLATE "C")',
     ],
+    3: [  # the weights a gallery holds vectors of (index.registry), their files, and the vectors of all but the first
+        """CREATE TABLE IF NOT EXISTS alexnet_weights (
+            hash text PRIMARY KEY,
+            state text NOT NULL CHECK (state IN ('active', 'staged', 'retired')),
+            dim integer NOT NULL,
+            size bigint NOT NULL DEFAULT 0,
+            file_sha256 text,
+            info text NOT NULL DEFAULT '{}',
+            created double precision NOT NULL,
+            changed double precision NOT NULL
+        )""",
+        "CREATE TABLE IF NOT EXISTS alexnet_weights_chunks (hash text NOT NULL, n integer NOT NULL, data bytea NOT NULL, "
+        "PRIMARY KEY (hash, n))",
+        "ALTER TABLE alexnet_weights_chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+        """CREATE TABLE IF NOT EXISTS alexnet_vectors (
+            weights text NOT NULL, image_id bigint NOT NULL, vector bytea NOT NULL, PRIMARY KEY (weights, image_id)
+        )""",
+        "ALTER TABLE alexnet_vectors ALTER COLUMN vector SET STORAGE EXTERNAL",
+        "CREATE INDEX IF NOT EXISTS alexnet_vectors_image ON alexnet_vectors (image_id)",
+    ],
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -85,7 +103,8 @@ assert max(MIGRATIONS) == SCHEMA_VERSION
 class PostgresStore(Store):
     """A gallery in one PostgreSQL database, through a psycopg 3 connection pool."""
 
-    images_table, changes_table, marker = "alexnet_images", "alexnet_changes", "%s"
+    images_table, changes_table, meta_table, marker = "alexnet_images", "alexnet_changes", "alexnet_meta", "%s"
+    vectors_table, weights_table, chunks_table = "alexnet_vectors", "alexnet_weights", "alexnet_weights_chunks"
     source_key = 'source COLLATE "C"'
 
     def __init__(self, url: str, *, readonly: bool = False, pool_size: int = 8, timeouts: StoreTimeouts | None = None) -> None:
@@ -161,6 +180,28 @@ class PostgresStore(Store):
             yield conn
             conn.execute(f"NOTIFY {CHANNEL}")
 
+    @contextmanager
+    def transaction(self, what: str, *, serialised: bool = True) -> Iterator[Any]:
+        if not serialised:
+            if self.readonly:
+                raise StoreError(f"{self.location}: the store is open read-only")
+            with self._conn(what) as conn, conn.transaction():
+                yield conn
+            return
+        with self._write(what) as conn:
+            yield conn
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A session-level advisory lock on a connection of its own (released when this process's session ends)."""
+        try:
+            conn = self._psycopg.connect(self.url, autocommit=True, **self._connect_kwargs)
+        except self._psycopg.Error as e:
+            raise StoreUnavailable(f"{self.location}: cannot connect ({str(e).strip()})") from e
+        with conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (name,)).fetchone()
+            yield bool(row and row[0])
+
     def _schema_version(self) -> int:
         with self._conn("cannot read the schema version") as conn:
             if conn.execute("SELECT to_regclass('alexnet_meta')").fetchone()[0] is None:
@@ -216,22 +257,25 @@ class PostgresStore(Store):
 
     # -- writes --------------------------------------------------------------------------------
 
-    def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
+    def add_many(self, items: Sequence[NewImage], weights: str | None = None) -> list[AddOutcome]:
         check_items(items)
         with self._write("cannot store images") as conn:
             now = time.time()
+            split = self._vector_split(conn, items, weights)
 
             def stored_id(sha256: str) -> int | None:
                 row = conn.execute("SELECT id FROM alexnet_images WHERE sha256 = %s", (sha256,)).fetchone()
                 return None if row is None else int(row[0])
 
             def insert(item: NewImage) -> int:
+                column, others = split(item)
                 (image_id,) = conn.execute(
                     "INSERT INTO alexnet_images (sha256, source, label, width, height, suffix, data, vector, extra, created) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                     (item.sha256, item.source, item.label, item.width, item.height, item.suffix, item.encoded,
-                     item.vector.tobytes(), json.dumps(item.extra or {}), now),
+                     column, json.dumps(item.extra or {}), now),
                 ).fetchone()  # fmt: skip
+                self._insert_others(conn, int(image_id), others)
                 conn.execute("INSERT INTO alexnet_changes (op, image_id) VALUES ('add', %s)", (image_id,))
                 return int(image_id)
 
@@ -242,6 +286,7 @@ class PostgresStore(Store):
             row = conn.execute(f"DELETE FROM alexnet_images WHERE id = %s RETURNING {self._COLS}", (image_id,)).fetchone()
             if row is None:
                 return None
+            conn.execute("DELETE FROM alexnet_vectors WHERE image_id = %s", (image_id,))
             conn.execute("INSERT INTO alexnet_changes (op, image_id) VALUES ('delete', %s)", (image_id,))
         return self._record(row)
 
@@ -273,11 +318,6 @@ class PostgresStore(Store):
     def image_data(self, image_id: int) -> tuple[bytes, str] | None:
         rows = self._rows("SELECT data, suffix FROM alexnet_images WHERE id = %s", (image_id,))
         return (bytes(rows[0][0]), str(rows[0][1])) if rows else None
-
-    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        if not len(ids):
-            return self._stack([])
-        return self._stack(self._rows("SELECT id, vector FROM alexnet_images WHERE id = ANY(%s) ORDER BY id", ([int(i) for i in ids],)))
 
     # -- following -------------------------------------------------------------------------------
 

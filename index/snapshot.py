@@ -119,10 +119,12 @@ class SnapshotFile:
     does not; written with the stamp of the change it holds. Opening removes what killed writers left."""
 
     def __init__(self, directory: Path, store: Store, *, weights_hash: str, dim: int, gallery_id: str, readonly: bool) -> None:
-        self.path, self.store, self.readonly = directory / SNAPSHOT, store, readonly
+        # the gallery's first weights have ``index.faiss``; others (index.registry) one named after their hash
+        name = SNAPSHOT if weights_hash == store.column_hash() else f"index-{weights_hash[:16]}.faiss"
+        self.path, self.store, self.readonly = directory / name, store, readonly
         self.weights_hash, self.dim, self.gallery_id = weights_hash, dim, gallery_id
         self.recovered: str | None = None  # why it was unusable at open, if it was
-        if not readonly and (removed := remove_stale_temps(directory, SNAPSHOT)):
+        if not readonly and (removed := remove_stale_temps(directory, name)):
             log.info("%s: removed %d temporary snapshot files a killed writer left", directory, removed)
 
     def read(self) -> tuple[faiss.Index, int, str] | None:

@@ -12,17 +12,17 @@ concurrent add of the same bytes in another process never loses its file.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from index.store import (
     MAX_LABEL_CHARS,
@@ -66,6 +66,21 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS images_label ON images (label);
 CREATE INDEX IF NOT EXISTS images_source ON images (source);
+CREATE TABLE IF NOT EXISTS weights (
+    hash TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('active', 'staged', 'retired')),
+    dim INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    file_sha256 TEXT,
+    info TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    changed REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS weights_chunks (hash TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (hash, n));
+CREATE TABLE IF NOT EXISTS vectors (
+    weights TEXT NOT NULL, image_id INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (weights, image_id)
+);
+CREATE INDEX IF NOT EXISTS vectors_image ON vectors (image_id);
 """
 # AUTOINCREMENT: ids and change numbers are never reused, even after the newest row is deleted.
 
@@ -93,7 +108,8 @@ def image_file(directory: Path, file: str, error: type[Exception]) -> Path:
 class SQLiteStore(Store):
     """SQLite store plus the ``images/`` directory, under one index directory."""
 
-    images_table, changes_table, marker = "images", "changes", "?"
+    images_table, changes_table, meta_table, marker = "images", "changes", "meta", "?"
+    vectors_table, weights_table, chunks_table = "vectors", "weights", "weights_chunks"
 
     def __init__(self, directory: str | os.PathLike[str], *, readonly: bool = False) -> None:
         super().__init__()
@@ -188,6 +204,7 @@ class SQLiteStore(Store):
             self.store, self.what = store, what
             self.db = store._db
             self.undo: list[Callable[[], None]] = []
+            self.execute = self.db.execute
 
         def __enter__(self) -> SQLiteStore._Tx:
             self.store._lock.acquire()
@@ -229,6 +246,9 @@ class SQLiteStore(Store):
             raise StoreError(f"{self.path}: the store is open read-only")
         return SQLiteStore._Tx(self, what)
 
+    def transaction(self, what: str, *, serialised: bool = True) -> SQLiteStore._Tx:
+        return self._transaction(what)  # (every SQLite write takes the database's one write lock)
+
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             with self._read_lock:
@@ -241,10 +261,11 @@ class SQLiteStore(Store):
     def image_path(self, sha256: str, suffix: str) -> Path:
         return self.images_dir / sha256[:2] / f"{sha256}{suffix}"
 
-    def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
+    def add_many(self, items: Sequence[NewImage], weights: str | None = None) -> list[AddOutcome]:
         check_items(items)
         with self._transaction("cannot store images") as tx:
             db, now = tx.db, time.time()
+            split = self._vector_split(tx, items, weights)
 
             def stored_id(sha256: str) -> int | None:
                 row = db.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
@@ -255,13 +276,15 @@ class SQLiteStore(Store):
                 if not path.exists():  # an orphan of the same name has the same bytes (same upload, same encoding)
                     atomic_write(path, item.encoded)
                     tx.undo.append(lambda p=path: p.unlink(missing_ok=True))  # type: ignore[misc]
+                column, others = split(item)
                 cur = db.execute(
                     "INSERT INTO images (sha256, source, label, width, height, file, vector, extra, created) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (item.sha256, item.source, item.label, item.width, item.height, str(path.relative_to(self.dir)),
-                     item.vector.tobytes(), json.dumps(item.extra or {}), now),
+                     column, json.dumps(item.extra or {}), now),
                 )  # fmt: skip
                 image_id = int(cur.lastrowid or 0)
+                self._insert_others(tx, image_id, others)
                 db.execute("INSERT INTO changes (op, image_id) VALUES ('add', ?)", (image_id,))
                 return image_id
 
@@ -275,6 +298,7 @@ class SQLiteStore(Store):
                 return None
             rec = self._record(row)
             tx.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            tx.db.execute("DELETE FROM vectors WHERE image_id = ?", (image_id,))
             tx.db.execute("INSERT INTO changes (op, image_id) VALUES ('delete', ?)", (image_id,))
             path = self.stored_file(rec.file)
             if path.is_file():
@@ -327,15 +351,20 @@ class SQLiteStore(Store):
         except OSError as e:
             raise StoreError(f"{self.dir / rec.file}: cannot read the stored image ({e})") from e
 
-    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        rows: list[Any] = []
-        ordered = sorted(ids)
-        for start in range(0, len(ordered), 500):
-            chunk = ordered[start : start + 500]
-            rows += self._rows(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk)
-        return self._stack(rows)
-
     # -- upkeep ------------------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        with open(self.dir / f".{name}.lock", "a+b") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def cleanup(self) -> int:
         """Delete image files no row names, and temporary files. The directory is walked outside any transaction;

@@ -20,11 +20,13 @@ check runs inside the writing transaction.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from index.encoding import encode_for_store
-from index.errors import InvalidText, StoreError, StoreUnavailable
+from index.errors import InvalidText, StoreError, StoreUnavailable, WeightsChanged
+from model.vectors import l2_normalise
 
 __all__ = [
     "MAX_ID",
@@ -53,7 +56,9 @@ __all__ = [
     "redact_url",
 ]
 
-SCHEMA_VERSION = 2  # both implementations; each migrates an older schema at open (2: indexes on label and source)
+# both implementations; each migrates an older schema at open (2: indexes on label and source; 3: the weights a gallery
+# holds vectors of, their files and the vectors of all but the first: index.registry)
+SCHEMA_VERSION = 3
 MAX_ID = 2**63 - 1  # ids are positive 64-bit integers (SQLite's INTEGER PRIMARY KEY, PostgreSQL's bigint), never reused
 
 
@@ -84,6 +89,8 @@ class NewImage:
     source: str | None = None
     label: str | None = None
     extra: dict[str, Any] | None = None
+    # the vectors of the same image under the gallery's other weights (staged, or kept for a roll back), by weights hash
+    others: dict[str, np.ndarray] | None = None
 
     @classmethod
     def of(
@@ -95,6 +102,12 @@ class NewImage:
         encoded, suffix = encode_for_store(image)
         vec = np.zeros(0, dtype=np.float32) if vector is None else vector
         return cls(vec, sha256, encoded, suffix, width, height, source, label)
+
+    def unit(self) -> NewImage:
+        """The same image with every vector L2-normalised: the store keeps unit vectors, so that snapshots, replays
+        and rebuilds all add the same thing."""
+        others = {h: l2_normalise(v)[0] for h, v in self.others.items()} if self.others else None
+        return dataclasses.replace(self, vector=l2_normalise(self.vector)[0], others=others)
 
 
 @dataclass(frozen=True)
@@ -136,8 +149,9 @@ def check_items(items: Sequence[NewImage]) -> None:
     """What every store checks before it writes: 1-d float32 vectors (anything else is the caller's mistake), and
     text it can hold."""
     for item in items:
-        if item.vector.dtype != np.float32 or item.vector.ndim != 1:
-            raise ValueError(f"vector must be 1-d float32, got {item.vector.dtype} {item.vector.shape}")
+        for vector in (item.vector, *(item.others or {}).values()):
+            if vector.dtype != np.float32 or vector.ndim != 1:
+                raise ValueError(f"vector must be 1-d float32, got {vector.dtype} {vector.shape}")
         check_text(item.label, "the label", MAX_LABEL_CHARS)
         check_text(item.source, "the source", MAX_SOURCE_CHARS)
 
@@ -163,9 +177,43 @@ class Store(abc.ABC):
     # -- writes ------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def add_many(self, items: Sequence[NewImage]) -> list[AddOutcome]:
+    def add_many(self, items: Sequence[NewImage], weights: str | None = None) -> list[AddOutcome]:
         """Store new images durably, one change each. For each: (id, created, vector if new).
-        A SHA-256 already stored (or earlier in ``items``) returns its id with created False."""
+        A SHA-256 already stored (or earlier in ``items``) returns its id with created False. Each item's ``vector``
+        was made by ``weights`` (None: the gallery's first weights), its ``others`` by theirs; ``WeightsChanged`` when
+        none of them is the active weights (another process has just switched)."""
+
+    @abc.abstractmethod
+    def transaction(self, what: str, *, serialised: bool = True) -> AbstractContextManager[Any]:
+        """``with store.transaction(what) as tx: tx.execute(sql, params)``; ``serialised``: in the writers' order
+        (the change log's), which a write that must not hold up the adds (a weights file's chunks) leaves out."""
+
+    def column_hash(self) -> str:
+        """The weights whose vectors the images table's column holds: the gallery's first, until retired (index.registry)."""
+        return self.get_meta("column_hash") or self.get_meta("weights_hash") or ""
+
+    VectorSplit = Callable[[NewImage], tuple[bytes, list[tuple[str, bytes]]]]
+
+    def _vector_split(self, tx: Any, items: Sequence[NewImage], weights: str | None) -> VectorSplit:
+        """(In an add's transaction.) Refuse an add without a vector of the active weights (``WeightsChanged``); return
+        what splits an item's vectors into the column's bytes (empty: none) and (weights, bytes) for the vectors table."""
+        column = self.column_hash()
+        weights = weights or column
+        row = tx.execute(self._sql("SELECT value FROM {meta} WHERE key = 'weights_hash'"), ()).fetchone()
+        active = None if row is None else str(row[0])
+        if active is not None and any(active != weights and active not in (item.others or {}) for item in items):
+            raise WeightsChanged(f"{self.location}: the gallery now serves weights {active[:12]}, not {weights[:12]}; try again")
+
+        def split(item: NewImage) -> tuple[bytes, list[tuple[str, bytes]]]:
+            every = {**(item.others or {}), weights: item.vector}
+            col = every.pop(column, None)
+            return (b"" if col is None else col.tobytes()), [(h, v.tobytes()) for h, v in every.items()]
+
+        return split
+
+    def _insert_others(self, tx: Any, image_id: int, rows: list[tuple[str, bytes]]) -> None:
+        for weights, data in rows:
+            tx.execute(self._sql("INSERT INTO {vectors} (weights, image_id, vector) VALUES ({p}, {p}, {p})"), (weights, image_id, data))
 
     @staticmethod
     def _add_new(
@@ -208,17 +256,35 @@ class Store(abc.ABC):
     def image_data(self, image_id: int) -> tuple[bytes, str] | None:
         """The stored, re-encoded image: (bytes, suffix), or None."""
 
-    @abc.abstractmethod
-    def vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids (n,), unit vectors (n, d)) of those ids that exist, in id order."""
+    def vectors(self, ids: Sequence[int], weights: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n,), unit vectors (n, d)), in id order, of those ids with a vector of ``weights`` (None: the first)."""
+        in_column, rows = self._in_column(weights), []
+        ordered = sorted(int(i) for i in ids)
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            marks = ",".join([self.marker] * len(chunk))
+            if in_column:
+                sql = f"SELECT id, vector FROM {{images}} WHERE id IN ({marks}) AND length(vector) > 0 ORDER BY id"
+                rows += self._rows(self._sql(sql), chunk)
+            else:
+                sql = f"SELECT image_id, vector FROM {{vectors}} WHERE weights = {{p}} AND image_id IN ({marks}) ORDER BY image_id"
+                rows += self._rows(self._sql(sql), [weights, *chunk])
+        return self._stack(rows)
 
-    def vector(self, image_id: int) -> np.ndarray | None:
-        found, vecs = self.vectors([image_id])
+    def _in_column(self, weights: str | None) -> bool:
+        return weights is None or weights == self.column_hash()
+
+    def vector(self, image_id: int, weights: str | None = None) -> np.ndarray | None:
+        found, vecs = self.vectors([image_id], weights)
         return vecs[0].copy() if len(found) else None
 
     # The reads below are the same SQL on both databases: table names and the parameter marker differ.
     images_table: str
     changes_table: str
+    meta_table: str
+    vectors_table: str  # (weights, image_id, vector) of every weights but the column's
+    weights_table: str  # the registry: index.registry
+    chunks_table: str  # the weights files, in chunks
     marker: str  # "?" (sqlite3) or "%s" (psycopg)
     source_key = "source"  # source in code-point order, as its index holds it
 
@@ -227,7 +293,8 @@ class Store(abc.ABC):
         """All rows of a query; the database's errors become StoreError / StoreUnavailable."""
 
     def _sql(self, template: str) -> str:
-        return template.format(images=self.images_table, changes=self.changes_table, p=self.marker)
+        return template.format(images=self.images_table, changes=self.changes_table, meta=self.meta_table, vectors=self.vectors_table,
+                               weights=self.weights_table, chunks=self.chunks_table, p=self.marker)  # fmt: skip
 
     @staticmethod
     def _stack(rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -272,10 +339,16 @@ class Store(abc.ABC):
         return np.array([r[0] for r in self._rows(self._sql(f"SELECT id FROM {{images}} WHERE 1 = 1{where} ORDER BY id"), params)],
                         dtype=np.int64)  # fmt: skip
 
-    def iter_vectors(self, batch: int = 2048) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids (n,), vectors (n, d)) of every image in id order, a batch at a time."""
-        last, sql = -1, self._sql("SELECT id, vector FROM {images} WHERE id > {p} ORDER BY id LIMIT {p}")
-        while rows := self._rows(sql, (last, batch)):
+    def iter_vectors(self, batch: int = 2048, weights: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids (n,), vectors (n, d)) of every image with a vector of ``weights`` (None: the first), in id order, a
+        batch at a time."""
+        if self._in_column(weights):
+            sql, head = self._sql("SELECT id, vector FROM {images} WHERE id > {p} AND length(vector) > 0 ORDER BY id LIMIT {p}"), []
+        else:
+            sql = self._sql("SELECT image_id, vector FROM {vectors} WHERE weights = {p} AND image_id > {p} ORDER BY image_id LIMIT {p}")
+            head = [weights]
+        last = -1
+        while rows := self._rows(sql, (*head, last, batch)):
             last = int(rows[-1][0])
             yield self._stack(rows)
 
@@ -321,6 +394,11 @@ class Store(abc.ABC):
     def wake(self) -> None:
         """Make a ``wait_for_change`` in another thread return now (used at close)."""
         self._wakeup.set()
+
+    @abc.abstractmethod
+    def exclusive(self, name: str) -> AbstractContextManager[bool]:
+        """``with store.exclusive(name) as mine``: ``mine`` is True when no other process holds ``name`` (until the
+        block ends, or the holder dies: the lock is the operating system's or the database session's)."""
 
     def cleanup(self) -> int:
         """Remove what an interrupted add left behind (files no row names); the number removed."""

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tqdm import tqdm
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pydantic import SecretStr
 
 __all__ = ["COMMANDS", "CommandSettings", "LogProgress", "main", "progress", "read_settings", "version"]
@@ -43,6 +45,10 @@ class CommandSettings(Protocol):
     def fashion_mnist_mirror(self) -> str: ...
     @property
     def store_url(self) -> SecretStr | None: ...
+    @property
+    def index_dir(self) -> Path: ...
+    @property
+    def weights(self) -> Path: ...
 
 
 def read_settings() -> Any:
@@ -61,6 +67,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("training.cli", "top-1/top-5 error of a weights file, single and 10-crop"),
     "calibrate": ("training.cli", "add int8 calibration to a weights file (ALEXNET_PRECISION=int8)"),
     "index": ("index.cli", "build, add to, search and inspect a similarity index"),
+    "model": ("index.models_cli", "stage, compare, activate and retire a gallery's weights (no downtime)"),
     "serve": ("app.cli", "start the HTTP service"),
 }
 
@@ -124,7 +131,7 @@ class LogProgress:
 
 
 # commands that run forward passes in this process; ``serve`` applies the setting in each worker (app/main.py)
-MODEL_COMMANDS = frozenset({"classify", "train", "evaluate", "calibrate", "index"})
+MODEL_COMMANDS = frozenset({"classify", "train", "evaluate", "calibrate", "index", "model"})
 
 
 def version() -> str:

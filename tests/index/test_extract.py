@@ -121,4 +121,4 @@ def test_other_weights_are_refused_by_the_command(tmp_path: Path, small_weights:
     other = tmp_path / "o.safetensors"
     make_weights(other, seed=3)
     r = cli("search", str(tmp_path / "p" / "cats" / "0.png"), "--weights", str(other), "--index", str(tmp_path / "i"))
-    assert r.returncode == 2 and "built with weights" in r.stderr and "alexnet index build" in r.stderr
+    assert r.returncode == 2 and "serves weights" in r.stderr and "alexnet model stage" in r.stderr

@@ -79,7 +79,7 @@ def test_adds_and_deletes_by_another_process_are_followed(tmp_path: Path, store_
 def test_a_replica_with_other_weights_refuses_the_store(tmp_path: Path, store_url: str | None) -> None:
     with replica(tmp_path, store_url, "a") as a:
         a.add([item(1)])
-        with pytest.raises(WeightsMismatch, match="built with weights aaaaaaaaaaaa"):
+        with pytest.raises(WeightsMismatch, match="serves weights aaaaaaaaaaaa"):
             replica(tmp_path, store_url, "b", weights_hash="b" * 64)
 
 

@@ -106,7 +106,7 @@ def test_damaged_snapshot_is_rebuilt_from_the_store(tmp_path: Path, damage: str)
 def test_other_weights_are_refused_with_a_rebuild_hint(tmp_path: Path) -> None:
     with open_index(tmp_path) as idx:
         idx.add([item(1)])
-    with pytest.raises(WeightsMismatch, match=r"built with weights aaaaaaaaaaaa.*bbbbbbbbbbbb.*alexnet index build"):
+    with pytest.raises(WeightsMismatch, match=r"serves weights aaaaaaaaaaaa.*bbbbbbbbbbbb.*alexnet model stage"):
         open_index(tmp_path, weights_hash="b" * 64)
 
 
