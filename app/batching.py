@@ -40,10 +40,14 @@ T = TypeVar("T")
 __all__ = ["BatchStats", "Batcher"]
 
 
+Forward = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
 @dataclass
 class _Job:
     images: Tensor  # (n, 3, S, S)
     future: asyncio.Future[tuple[Tensor, Tensor]]
+    forward: Forward | None = None  # another network than the batcher's (the served one while weights switch, or staged ones)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Batcher:
         max_queue: int = 0,  # the overload bound in images (app/overload.py; 0: no bound)
     ) -> None:
         self.forward = forward
+        self._own = forward  # (a job that names this network runs ``self.forward``, which tests may slow down)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_wait_busy_s = max(max_wait_busy_s, max_wait_s)
@@ -99,10 +104,10 @@ class Batcher:
                 job.future.set_exception(RuntimeError("the service is shutting down"))
         self._executor.shutdown(wait=True)
 
-    def _forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward(self, batch: Tensor, forward: Forward | None = None) -> tuple[Tensor, Tensor]:
         self._idle.clear()
         try:
-            return self.forward(batch)
+            return (forward or self.forward)(batch)
         finally:
             self._idle.set()
 
@@ -117,13 +122,14 @@ class Batcher:
 
         return await run_in_threadpool(gated)
 
-    async def submit(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits (n, classes) and fc7 (n, 4096) for a preprocessed (n, 3, S, S) batch."""
+    async def submit(self, images: Tensor, forward: Forward | None = None) -> tuple[Tensor, Tensor]:
+        """Logits (n, classes) and fc7 (n, 4096) for a preprocessed (n, 3, S, S) batch, from ``forward`` (default:
+        the batcher's own). Jobs of one network are batched together; each network's batch runs on its own."""
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
         self.admission.enqueue(len(images))  # (Overloaded when the queue would overflow)
         future: asyncio.Future[tuple[Tensor, Tensor]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(images, future))
+        await self._queue.put(_Job(images, future, None if forward == self._own else forward))
         return await future
 
     async def _collect(self) -> list[_Job]:
@@ -155,24 +161,30 @@ class Batcher:
         while True:
             jobs = await self._collect()
             jobs = [j for j in jobs if not j.future.cancelled()]
-            if not jobs:
-                continue
-            batch = torch.cat([j.images for j in jobs])
-            started = time.perf_counter()
-            try:
-                logits, fc7 = await loop.run_in_executor(self._executor, self._forward, batch)
-            except Exception as e:  # hand the error to every waiting request
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(e)
-                continue
-            self.stats.batches += 1
-            self.stats.images += len(batch)
-            if self.on_batch:
-                self.on_batch(len(batch), time.perf_counter() - started)
-            start = 0
+            groups: dict[Forward | None, list[_Job]] = {}
             for j in jobs:
-                n = len(j.images)
+                groups.setdefault(j.forward, []).append(j)
+            for forward, group in groups.items():
+                await self._run_group(loop, forward, group)
+
+    async def _run_group(self, loop: asyncio.AbstractEventLoop, forward: Forward | None, jobs: list[_Job]) -> None:
+        """One forward pass over the jobs of one network."""
+        batch = torch.cat([j.images for j in jobs])
+        started = time.perf_counter()
+        try:
+            logits, fc7 = await loop.run_in_executor(self._executor, self._forward, batch, forward)
+        except Exception as e:  # hand the error to every waiting request
+            for j in jobs:
                 if not j.future.done():
-                    j.future.set_result((logits[start : start + n], fc7[start : start + n]))
-                start += n
+                    j.future.set_exception(e)
+            return
+        self.stats.batches += 1
+        self.stats.images += len(batch)
+        if self.on_batch:
+            self.on_batch(len(batch), time.perf_counter() - started)
+        start = 0
+        for j in jobs:
+            n = len(j.images)
+            if not j.future.done():
+                j.future.set_result((logits[start : start + n], fc7[start : start + n]))
+            start += n

@@ -22,11 +22,12 @@ class BodyTooLarge(Exception):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[tuple[str, str], int] | None = None) -> None:
+        """``larger``: (method, path) -> the cap of the one route that takes more (a weights file)."""
+        self.app, self.default_bytes, self.larger = app, max_bytes, larger or {}
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body exceeds the limit of {self.max_bytes} bytes"}).encode()
+    async def _reject(self, send: Send, max_bytes: int) -> None:
+        body = json.dumps({"detail": f"request body exceeds the limit of {max_bytes} bytes"}).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -44,14 +45,15 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.larger.get((scope.get("method", ""), scope.get("path", "")), self.default_bytes)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = -1
-                if declared > self.max_bytes:
-                    await self._reject(send)
+                if declared > max_bytes:
+                    await self._reject(send, max_bytes)
                     return
         received = 0
         started = False
@@ -61,7 +63,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     raise BodyTooLarge
             return message
 
@@ -75,4 +77,4 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, max_bytes)

@@ -7,6 +7,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio.to_thread
 import faiss
@@ -21,11 +22,14 @@ from app.metrics import Metrics
 from app.observe import RequestTelemetry, configure_logging
 from app.overload import Admission, EarlyRefusal
 from app.public import Scrubber
-from app.routes import classify, health, images, similar, web
+from app.routes import classify, health, images, models, similar, web
 from app.settings import Settings, get_settings
 from app.state import ServiceState
+from app.switching import WeightsFollower, served_weights
+from index import registry
+from index.errors import WeightsMismatch
 from index.index import ImageIndex, ImageIndexError
-from index.store import StoreError, StoreUnavailable
+from index.store import Store, StoreError, StoreUnavailable, open_store
 from model.decode_cost import DecodeBudget
 from model.predictor import Predictor
 from model.runtime import retain_freed_memory
@@ -74,24 +78,60 @@ def load_state(settings: Settings, metrics: Metrics, scrub: Scrubber | None = No
     return state
 
 
+def load_registered(settings: Settings, store: Store, weights_hash: str) -> Predictor:
+    """A model of the gallery's registered weights, its file fetched from the store (``index.registry``)."""
+    path = registry.download(store, weights_hash, Path(settings.index_dir) / "weights")
+    return Predictor(path, device=settings.device, max_batch=max(settings.max_batch, 10), precision=settings.precision)
+
+
+def new_index(settings: Settings, weights_hash: str) -> ImageIndex:
+    """The gallery's index of one weights' vectors, following the store."""
+    return ImageIndex(
+        settings.index_dir,
+        weights_hash=weights_hash,
+        factory=settings.index_factory,
+        auto_threshold=settings.index_auto_threshold,
+        rerank=settings.index_rerank,
+        nprobe=settings.index_nprobe,
+        snapshot_every=settings.snapshot_every,
+        store_url=settings.store_url.get_secret_value() if settings.store_url else None,
+        follow_interval=settings.follow_interval_s,
+        store_timeouts=settings.store_timeouts(),
+    )
+
+
 def open_index(state: ServiceState) -> bool:
-    """Open the gallery's index; on failure record why (``state.index_problem``). True when it may work later
-    (the store could not be reached), so that the lifespan tries again."""
+    """Open the gallery's index, serving its active weights (which may not be the configured file's: the gallery
+    moved on, ``app.switching``); on failure record why (``state.index_problem``). True when it may work later (the
+    store could not be reached), so that the lifespan tries again."""
     settings = state.settings
     assert state.predictor is not None
     try:
-        index = ImageIndex(
-            settings.index_dir,
-            weights_hash=state.predictor.weights_hash,
-            factory=settings.index_factory,
-            auto_threshold=settings.index_auto_threshold,
-            rerank=settings.index_rerank,
-            nprobe=settings.index_nprobe,
-            snapshot_every=settings.snapshot_every,
-            store_url=settings.store_url.get_secret_value() if settings.store_url else None,
-            follow_interval=settings.follow_interval_s,
-            store_timeouts=settings.store_timeouts(),
-        )
+        index = new_index(settings, state.predictor.weights_hash)
+        active = index.store.get_meta("weights_hash")
+        if active != index.weights_hash:  # opened as registered weights beside the active ones: serve the active
+            state.predictor = served_weights(index.store, settings, state.predictor, lambda h: load_registered(settings, index.store, h))
+            if state.predictor.weights_hash != index.weights_hash:
+                index.close()
+                index = new_index(settings, state.predictor.weights_hash)
+    except WeightsMismatch as e:  # weights the gallery does not know: its active ones, from the store, if it holds them
+        store = None
+        try:
+            store = open_store(settings.index_dir, settings.store_url.get_secret_value() if settings.store_url else None,
+                               timeouts=settings.store_timeouts())  # fmt: skip
+            model = served_weights(store, settings, state.predictor, lambda h: load_registered(settings, store, h))  # type: ignore[arg-type]
+        except (StoreError, WeightsError, OSError) as e2:
+            log.warning("%s", e2)
+            model = state.predictor
+        finally:
+            if store is not None:
+                store.close()
+        if model is state.predictor:
+            state.index_problem = f"index {settings.index_dir}: {e}"
+            log.error("cannot open the index: %s", e)
+            return False
+        state.predictor = model
+        return open_index(state)
     except (ImageIndexError, StoreError, OSError, ValueError) as e:
         if state.index_problem is None:
             log.error("cannot open the index: %s", e)
@@ -110,6 +150,15 @@ async def retry_open_index(state: ServiceState, every_s: float = 2.0) -> None:
             if state.index is not None:
                 log.info("index open: %s", state.settings.index_dir)
             return
+
+
+async def _follow_weights(state: ServiceState, follower: WeightsFollower) -> None:
+    """Once the index is open, follow the gallery's weights (app.switching) as long as the service runs."""
+    while state.index is None or state.predictor is None:
+        if state.problems:
+            return
+        await asyncio.sleep(1.0)
+    await follower.run(max(0.2, state.settings.follow_interval_s or 1.0))
 
 
 def _admission(app: object) -> Admission | None:
@@ -148,6 +197,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             state.batcher.start()
         app.state.service = state
+
+        def load(weights_hash: str) -> Predictor:
+            assert state.index is not None
+            return load_registered(settings, state.index.store, weights_hash)
+
+        follower = WeightsFollower(state, lambda h: new_index(settings, h), load)
+        follow = asyncio.get_running_loop().create_task(_follow_weights(state, follower))
         settle_garbage_collector()
         if state.all_problems():
             log.error("not ready: %s", "; ".join(state.all_problems()))
@@ -164,6 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if retry is not None:
                 retry.cancel()
+            follow.cancel()
             if state.batcher:
                 await state.batcher.stop()
             if state.index:
@@ -178,9 +235,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
 
     register_errors(app, metrics, scrub)  # every exception's answer: app/errors.py
-    for module in (classify, similar, images, health, web):
+    for module in (classify, similar, images, models, health, web):
         app.include_router(module.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, larger={("POST", "/models"): models.MAX_WEIGHTS_BYTES})
     # inside CORS, so a refusal carries its headers
     app.add_middleware(EarlyRefusal, on_refusal=metrics.overloaded.inc, admission=_admission)
     if settings.cors_origins:

@@ -130,7 +130,24 @@ class Readiness(BaseModel):
     pid: int | None = Field(None, description="the answering process (one of several with --workers)")
     model: ModelInfo | None = None
     index: dict[str, object] | None = None
+    weights: dict[str, object] | None = Field(None, description="staged weights' re-embedding progress, and switches made")
     detail: str | None = None
+
+
+class WeightsState(BaseModel):
+    hash: str
+    state: str = Field(description="active (served), staged (being re-embedded or ready to switch to) or retired (vectors kept)")
+    dim: int
+    file_bytes: int
+    file_stored: bool
+    vectors: int = Field(description="stored images with a vector of these weights")
+    images: int
+
+
+class ModelsResponse(BaseModel):
+    serving: str = Field(description="the weights hash this process answers with")
+    weights: list[WeightsState]
+    comparison: dict[str, object] | None = Field(None, description="active against staged (with ?compare=true)")
 
 
 class ErrorResponse(BaseModel):

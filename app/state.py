@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import torch
 from fastapi import Depends, Request
 from PIL import Image
@@ -24,6 +25,7 @@ from app.settings import Settings
 from app.uploads import ClientGone, Upload, read_uploads
 from index.encoding import STORE_MAX_SIDE, encode_for_store
 from index.index import ImageIndex
+from model.decode import decode_image
 from model.decode_cost import DecodeBudget
 from model.predictor import Predictor
 
@@ -45,6 +47,9 @@ class ServiceState:
     index_retryable: bool = False  # the store could not be reached: app.main.retry_open_index tries again
     decode_budget: DecodeBudget = field(default_factory=DecodeBudget)
     scrub: Callable[[str], str] = str  # what answers may say (app.public.Scrubber)
+    others: dict[str, Predictor] = field(default_factory=dict)  # staged and retired weights, by hash (app.switching)
+    lifecycle: dict[str, dict[str, Any]] = field(default_factory=dict)  # the staged weights' re-embedding progress
+    switches: int = 0  # times this process switched weights
 
     def all_problems(self) -> list[str]:
         return self.problems + ([self.index_problem] if self.index_problem else [])
@@ -79,6 +84,7 @@ class ServedModel:
     batcher: Batcher
     settings: Settings
     budget: DecodeBudget
+    others: dict[str, Predictor] = field(default_factory=dict)  # the gallery's other weights, embedded into on add
 
     @property
     def info(self) -> ModelInfo:
@@ -91,8 +97,19 @@ class ServedModel:
     async def infer(self, batch: torch.Tensor, *, ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities (n, classes) and fc7 (n, 4096) of uint8 pixels from ``Predictor.pixels`` (normalised once per
         batch inside the forward; ``Predictor.outputs`` combines ten crops)."""
-        logits, fc7 = await self.batcher.submit(batch.flatten(0, 1) if ten_crop else batch)
+        logits, fc7 = await self.batcher.submit(batch.flatten(0, 1) if ten_crop else batch, self.predictor.forward)
         return Predictor.outputs(logits, fc7, ten_crop=ten_crop)
+
+    async def embed_others(self, copies: list[tuple[bytes, str]]) -> list[dict[str, np.ndarray]]:
+        """For each stored copy, its fc7 vector under each of the gallery's other weights (staged, retired), computed
+        from the copy as re-embedding does (``index.lifecycle``), through the batcher."""
+        out: list[dict[str, np.ndarray]] = [{} for _ in copies]
+        for weights, other in self.others.items():
+            images = await self.cpu_work(lambda o=other: [decode_image(c[0], min_side=o.meta.preset.resize_size).image for c in copies])
+            _, fc7 = await self.batcher.submit(await self.cpu_work(other.pixels, images), other.forward)
+            for row, vector in zip(out, fc7.numpy(), strict=True):
+                row[weights] = vector.copy()
+        return out
 
     async def read_and_infer(
         self,
@@ -154,17 +171,35 @@ async def get_state(request: Request) -> ServiceState:
 Ctx = Annotated[ServiceState, Depends(get_state)]
 
 
-async def get_model(state: Ctx) -> ServedModel:
-    if state.predictor is None or state.batcher is None:
+@dataclass(frozen=True)
+class Serving:
+    """The model, the index and the other weights a request uses, read together once per request (FastAPI caches a
+    dependency within a request): a switch of weights (app.switching) swaps them at one instant, so a request
+    never pairs one weights' model with another's vectors."""
+
+    predictor: Predictor | None
+    index: ImageIndex | None
+    others: dict[str, Predictor]
+
+
+async def get_serving(state: Ctx) -> Serving:
+    return Serving(state.predictor, state.index, state.others)
+
+
+ServingDep = Annotated[Serving, Depends(get_serving)]
+
+
+async def get_model(state: Ctx, serving: ServingDep) -> ServedModel:
+    if serving.predictor is None or state.batcher is None:
         raise NotReady(f"model not loaded: {'; '.join(state.all_problems()) or 'starting'}", retry=not state.problems)
-    return ServedModel(state.predictor, state.batcher, state.settings, state.decode_budget)
+    return ServedModel(serving.predictor, state.batcher, state.settings, state.decode_budget, serving.others)
 
 
-async def get_index(state: Ctx) -> ImageIndex:
-    if state.index is None:
+async def get_index(state: Ctx, serving: ServingDep) -> ImageIndex:
+    if serving.index is None:
         retry = state.index_retryable or not state.all_problems()  # (starting, or the store is away)
         raise NotReady(f"index not available: {'; '.join(state.all_problems()) or 'starting'}", retry=retry)
-    return state.index
+    return serving.index
 
 
 ModelDep = Annotated[ServedModel, Depends(get_model)]

@@ -39,7 +39,8 @@ async def readyz(ctx: Ctx) -> Response:
         status, detail = "degraded", f"searching the index as of change {stats['applied_change']}; adds answer 503: {stats['store_error']}"
     elif stats["following"] and stats["seconds_since_sync"] > ctx.settings.max_follow_lag_s:
         status, detail = "degraded", f"the index has not been current with the store for {stats['seconds_since_sync']:.0f} s"
-    body = Readiness(status=status, pid=os.getpid(), model=ctx.model_info(), index=stats, detail=detail)
+    weights = {"switches": ctx.switches, "staged": ctx.lifecycle} if ctx.lifecycle or ctx.switches else None
+    body = Readiness(status=status, pid=os.getpid(), model=ctx.model_info(), index=stats, weights=weights, detail=detail)
     return JSONResponse(body.model_dump(exclude_none=True))
 
 

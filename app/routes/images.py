@@ -55,11 +55,14 @@ async def add_images(request: Request, ctx: Ctx, model: ModelDep, index: IndexDe
 
     done = await model.read_and_infer(request, multiple=True, store=True, check_fields=check_fields)
     label = done.fields.get("label") or None
+    copies = [u.prepared.stored for u in done.uploads]  # the copies made from the decoded pixels (never the uploaded bytes)
+    # while other weights are staged (or kept for a roll back), their vectors of each image go in the same transaction
+    others = await model.embed_others(copies) if model.others else [{} for _ in copies]  # type: ignore[arg-type]
     items = []
-    for u, v in zip(done.uploads, done.fc7.numpy(), strict=True):
-        encoded, suffix = u.prepared.stored  # the copy made from the decoded pixels (never the uploaded bytes)
+    for u, v, more in zip(done.uploads, done.fc7.numpy(), others, strict=True):
+        encoded, suffix = u.prepared.stored
         source = f"upload:{u.filename}" if u.filename else "upload"
-        items.append(NewImage(v.copy(), u.sha256, encoded, suffix, u.width, u.height, source=source, label=label))
+        items.append(NewImage(v.copy(), u.sha256, encoded, suffix, u.width, u.height, source=source, label=label, others=more or None))
     results = await run_in_threadpool(index.add, items, near_duplicate_threshold=ctx.settings.near_duplicate_threshold)
     ctx.metrics.index_size.set(len(index))
     return AddImagesResponse(

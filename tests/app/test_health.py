@@ -46,6 +46,6 @@ def test_index_from_other_weights_is_refused(tmp_path: Path, small_weights: Path
     make_weights(other, seed=5)
     with TestClient(create_app(make_settings(tmp_path, other))) as c:
         r = c.get("/readyz")
-        assert r.status_code == 503 and "built with weights" in r.json()["detail"]
+        assert r.status_code == 503 and "serves weights" in r.json()["detail"] and "alexnet model stage" in r.json()["detail"]
         assert c.post("/classify", files=upload()).status_code == 200  # the model itself is fine
         assert c.post("/similar", files=upload()).status_code == 503
