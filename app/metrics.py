@@ -47,6 +47,20 @@ class Metrics:
             registry=self.registry,
         )
         self.store_reachable = Gauge("alexnet_store_reachable", "1 while the index can read the store's change log", registry=self.registry)
+        self.staged_vectors = Gauge(
+            "alexnet_staged_weights_vectors", "stored images with a vector of staged weights (re-embedding progress)", ["weights"],
+            registry=self.registry,
+        )
+        self.staged_images = Gauge("alexnet_staged_weights_images", "images to re-embed in all", ["weights"], registry=self.registry)
+        self.switches = Counter("alexnet_weights_switches", "times this process switched to other weights", registry=self.registry)
+
+    def observe_weights(self, progress: dict[str, dict[str, object]]) -> None:
+        """The staged weights' re-embedding progress (app.switching); weights no longer staged are dropped."""
+        self.staged_vectors.clear()
+        self.staged_images.clear()
+        for weights, p in progress.items():
+            self.staged_vectors.labels(weights[:12]).set(float(p["vectors"]))  # type: ignore[arg-type]
+            self.staged_images.labels(weights[:12]).set(float(p["images"]))  # type: ignore[arg-type]
 
     def observe_index(self, index: ImageIndex) -> None:
         status = index.follow_status()

@@ -108,6 +108,7 @@ class WeightsFollower:
             state.predictor, state.index = model, index  # (both together: no await between)
             state.metrics.index_size.set(len(index))
             state.switches += 1
+            state.metrics.switches.inc()
             log.info("now serving weights %s (was %s)", model.weights_hash[:12], old_model.weights_hash[:12])
             asyncio.get_running_loop().call_later(OLD_INDEX_GRACE_S, _close_soon, old_index)
         state.others = plan.others

@@ -188,6 +188,9 @@ def _retire(args: argparse.Namespace) -> int:
         dropped = registry.retire(store, target.hash)
     finally:
         store.close()
+    for leftover in (args.index / f"index-{target.hash[:16]}.faiss", args.index / "weights" / f"{target.hash}.safetensors",
+                     args.index / f".reembed-{target.hash[:16]}.lock", args.index / f".upload-{target.hash[:16]}.lock"):  # fmt: skip
+        leftover.unlink(missing_ok=True)  # this machine's snapshot and copy of the file (other replicas keep theirs)
     print(f"retired {target.hash[:12]}: {dropped} vectors and its file dropped")
     return 0
 

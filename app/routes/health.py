@@ -51,4 +51,5 @@ async def metrics(ctx: Ctx) -> Response:
         ctx.metrics.queue_depth.set(ctx.batcher.queue_depth)
     if ctx.index:
         ctx.metrics.observe_index(ctx.index)
+    ctx.metrics.observe_weights(ctx.lifecycle)
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
