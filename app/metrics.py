@@ -48,7 +48,9 @@ class Metrics:
         )
         self.store_reachable = Gauge("alexnet_store_reachable", "1 while the index can read the store's change log", registry=self.registry)
         self.staged_vectors = Gauge(
-            "alexnet_staged_weights_vectors", "stored images with a vector of staged weights (re-embedding progress)", ["weights"],
+            "alexnet_staged_weights_vectors",
+            "stored images with a vector of staged weights (re-embedding progress)",
+            ["weights"],
             registry=self.registry,
         )
         self.staged_images = Gauge("alexnet_staged_weights_images", "images to re-embed in all", ["weights"], registry=self.registry)
