@@ -32,6 +32,7 @@ log = logging.getLogger("app.switching")
 
 __all__ = ["WeightsFollower", "served_weights"]
 
+PROGRESS_EVERY_S = 2.0  # how often the staged weights' vectors are counted
 OLD_INDEX_GRACE_S = 60.0  # requests that resolved the old index finish long before it is closed
 
 
@@ -70,6 +71,7 @@ class WeightsFollower:
     def __init__(self, state: Any, open_index: Callable[[str], ImageIndex], load: Callable[[str], Predictor]) -> None:
         self.state, self.open_index, self.load = state, open_index, load
         self.error: str | None = None
+        self._counted = 0.0  # when the staged weights' vectors were last counted
 
     def look(self) -> Plan:
         """(A worker thread.) Read the registry; load what is missing."""
@@ -80,13 +82,20 @@ class WeightsFollower:
         known: dict[str, Predictor] = {**state.others, current.weights_hash: current}
         others: dict[str, Predictor] = {}
         progress: dict[str, dict[str, Any]] = {}
-        total = store.count()
+        fresh = time.monotonic() - self._counted > PROGRESS_EVERY_S  # (counting scans the gallery: not at every look)
+        total = 0
         for e in entries:
             if e.state == "active" or e.file_sha256 is None:
                 continue
             others[e.hash] = known.get(e.hash) or self.load(e.hash)
             if e.state == "staged":
-                progress[e.hash] = {"state": e.state, "vectors": registry.vector_count(store, e.hash), "images": total}
+                last = state.lifecycle.get(e.hash)
+                if fresh or last is None:
+                    total = total or store.count()
+                    last = {"state": e.state, "vectors": registry.vector_count(store, e.hash), "images": total}
+                progress[e.hash] = last
+        if fresh:
+            self._counted = time.monotonic()
         active = next((e.hash for e in entries if e.state == "active"), current.weights_hash)
         if len(entries) > 1 and active == current.weights_hash:  # other weights beside: keep the active file for a roll back
             registry.ensure_file(store, active, current.path)

@@ -55,7 +55,7 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'weights':<14} {'state':<8} {'vectors':>17} {'file':>9}  changed")
+    print(f"{'weights':<14} {'state':<8} {'vectors':^17} {'file':>9}  changed")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["changed"]))
         size = f"{r['file_bytes'] / 1e6:.1f} MB" if r["file_stored"] else "not stored"

@@ -43,7 +43,8 @@ def test_stage_compare_activate_retire_over_http(tmp_path: Path) -> None:
 
         until(lambda: staged()["vectors"] == 12, "the background re-embedding")
         until(lambda: h2 in c.get("/readyz").json().get("weights", {}).get("staged", {}), "the service loads the staged weights")
-        assert 'alexnet_staged_weights_vectors{weights="' + h2[:12] + '"} 12.0' in c.get("/metrics").text
+        gauge = 'alexnet_staged_weights_vectors{weights="' + h2[:12] + '"} 12.0'
+        until(lambda: gauge in c.get("/metrics").text, "the progress in /metrics")
         # an add now carries vectors of both weights
         assert c.post("/images", files=[("files", ("n.png", image_bytes(77), "image/png"))], headers=AUTH).status_code == 201
         assert staged()["vectors"] == 13
