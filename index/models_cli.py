@@ -16,8 +16,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from index.errors import ImageIndexError, StoreError
 from model.console import CommandSettings, read_settings
@@ -25,6 +26,8 @@ from model.decode import DecodeError
 from model.weights import WeightsError
 
 __all__ = ["ERRORS", "main"]
+
+T = TypeVar("T")
 
 ERRORS = (ImageIndexError, StoreError, WeightsError, DecodeError)
 
@@ -165,16 +168,23 @@ def format_comparison(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _activate(args: argparse.Namespace) -> int:
+def _step(args: argparse.Namespace, step: Callable[[Any, str], T]) -> tuple[str, T]:
+    """(the full hash, what ``step`` returned) of a registry step on the weights ``args.hash`` names."""
     from index import registry
 
     store = _store(args)
     try:
         target = registry.resolve(store, args.hash)
-        previous = registry.activate(store, target.hash)
+        return target.hash, step(store, target.hash)
     finally:
         store.close()
-    print(f"active: {target.hash[:12]} (was {previous[:12]}); running services switch within their follow interval. "
+
+
+def _activate(args: argparse.Namespace) -> int:
+    from index import registry
+
+    active, previous = _step(args, registry.activate)
+    print(f"active: {active[:12]} (was {previous[:12]}); running services switch within their follow interval. "
           f"Roll back with `alexnet model activate {previous[:12]}`")  # fmt: skip
     return 0
 
@@ -182,16 +192,11 @@ def _activate(args: argparse.Namespace) -> int:
 def _retire(args: argparse.Namespace) -> int:
     from index import registry
 
-    store = _store(args)
-    try:
-        target = registry.resolve(store, args.hash)
-        dropped = registry.retire(store, target.hash)
-    finally:
-        store.close()
-    for leftover in (args.index / f"index-{target.hash[:16]}.faiss", args.index / "weights" / f"{target.hash}.safetensors",
-                     args.index / f".reembed-{target.hash[:16]}.lock", args.index / f".upload-{target.hash[:16]}.lock"):  # fmt: skip
+    retired, dropped = _step(args, registry.retire)
+    for leftover in (args.index / f"index-{retired[:16]}.faiss", args.index / "weights" / f"{retired}.safetensors",
+                     args.index / f".reembed-{retired[:16]}.lock", args.index / f".upload-{retired[:16]}.lock"):  # fmt: skip
         leftover.unlink(missing_ok=True)  # this machine's snapshot and copy of the file (other replicas keep theirs)
-    print(f"retired {target.hash[:12]}: {dropped} vectors and its file dropped")
+    print(f"retired {retired[:12]}: {dropped} vectors and its file dropped")
     return 0
 
 

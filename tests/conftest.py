@@ -13,7 +13,7 @@ import torch
 # Two cores: keep torch from oversubscribing them when pytest runs.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from app.testing import PostgresServer, Unavailable, make_weights  # noqa: E402
+from app.testing import SMALL_CLASSES, PostgresServer, Unavailable, make_weights  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,15 @@ def small_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "small.safetensors"
     make_weights(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two small networks with the same classes and other seeds: a gallery's weights and the ones that replace them."""
+    d = tmp_path_factory.mktemp("two-models")
+    make_weights(d / "w1.safetensors", seed=1, class_names=SMALL_CLASSES)
+    make_weights(d / "w2.safetensors", seed=2, class_names=SMALL_CLASSES)
+    return d / "w1.safetensors", d / "w2.safetensors"
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -23,10 +24,12 @@ from app.schemas import ErrorResponse, ModelsResponse, WeightsState
 from app.state import Ctx, IndexDep, ServingDep
 from index import registry
 from index.index import ImageIndex
+from index.store import Store
 from model.predictor import Predictor
 from model.weights import WeightsError
 
 log = logging.getLogger("app.models")
+T = TypeVar("T")
 
 router = APIRouter(tags=["models"])
 
@@ -113,23 +116,28 @@ async def stage_model(request: Request, ctx: Ctx, index: IndexDep, _: Authorized
     return answer
 
 
+async def _step(index: ImageIndex, weights: str, step: Callable[[Store, str], T]) -> tuple[str, T]:
+    """(the full hash, what ``step`` returned) of a registry step on the weights ``weights`` names; 409 when refused."""
+
+    def run() -> tuple[str, T]:
+        target = registry.resolve(index.store, weights)
+        return target.hash, step(index.store, target.hash)
+
+    try:
+        return await run_in_threadpool(run)
+    except registry.RegistryError as e:
+        raise HTTPException(409, str(e)) from e
+
+
 @router.post("/models/{weights}/activate", responses=ERRORS)
 async def activate_model(weights: str, index: IndexDep, _: Authorized) -> dict[str, str]:
     """Make these weights active: one transaction; every replica switches within its follow interval."""
-    try:
-        target = await run_in_threadpool(registry.resolve, index.store, weights)
-        previous = await run_in_threadpool(registry.activate, index.store, target.hash)
-    except registry.RegistryError as e:
-        raise HTTPException(409, str(e)) from e
-    return {"active": target.hash, "previous": previous}
+    active, previous = await _step(index, weights, registry.activate)
+    return {"active": active, "previous": previous}
 
 
 @router.delete("/models/{weights}", responses=ERRORS)
 async def retire_model(weights: str, index: IndexDep, _: Authorized) -> dict[str, Any]:
     """Drop staged or retired weights: their vectors and file."""
-    try:
-        target = await run_in_threadpool(registry.resolve, index.store, weights)
-        dropped = await run_in_threadpool(registry.retire, index.store, target.hash)
-    except registry.RegistryError as e:
-        raise HTTPException(409, str(e)) from e
-    return {"retired": target.hash, "vectors_dropped": dropped}
+    retired, dropped = await _step(index, weights, registry.retire)
+    return {"retired": retired, "vectors_dropped": dropped}

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.testing import SMALL_CLASSES, image_bytes, make_weights
+from app.testing import SMALL_CLASSES, image_bytes
 from model.weights import read_meta
 from tests.app.conftest import AUTH, make_settings, upload
 
@@ -21,10 +21,8 @@ def until(cond, what: str, timeout: float = 60) -> None:  # type: ignore[no-unty
         time.sleep(0.1)
 
 
-def test_stage_compare_activate_retire_over_http(tmp_path: Path) -> None:
-    w1, w2 = tmp_path / "w1.safetensors", tmp_path / "w2.safetensors"
-    make_weights(w1, seed=1, class_names=SMALL_CLASSES)
-    make_weights(w2, seed=2, class_names=SMALL_CLASSES)
+def test_stage_compare_activate_retire_over_http(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    w1, w2 = two_models
     h1, h2 = read_meta(w1).content_hash, read_meta(w2).content_hash
     with TestClient(create_app(make_settings(tmp_path, w1, follow_interval_s=0.1))) as c:
         for seed in range(12):

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.testing import ROOT, SMALL_CLASSES, image_bytes, make_weights, start_server, stop_server
+from app.testing import ROOT, SMALL_CLASSES, image_bytes, start_server, stop_server
 from index.store import open_store
 from model.weights import read_meta
 from tests.app.conftest import AUTH
@@ -30,14 +30,6 @@ pytestmark = pytest.mark.slow
 
 GALLERY = 2000
 SWITCH_BOUND_S = 30.0  # what the test waits at most for every server to answer with the new hash
-
-
-@pytest.fixture(scope="module")
-def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("switch-weights")
-    make_weights(d / "w1.safetensors", seed=1, class_names=SMALL_CLASSES)
-    make_weights(d / "w2.safetensors", seed=2, class_names=SMALL_CLASSES)
-    return d / "w1.safetensors", d / "w2.safetensors"
 
 
 def alexnet(*args: str, url: str | None, check: bool = True) -> subprocess.CompletedProcess[str]:

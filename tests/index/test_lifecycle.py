@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.testing import ROOT, SMALL_CLASSES, image_bytes, make_weights
+from app.testing import ROOT, SMALL_CLASSES, image_bytes
 from index import registry
 from index.errors import WeightsChanged
 from index.index import ImageIndex
@@ -23,14 +23,6 @@ from index.lifecycle import compare, embed_stored, reembed
 from index.registry import RegistryError
 from index.store import NewImage, open_store
 from model.predictor import Predictor
-
-
-@pytest.fixture(scope="module")
-def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("lifecycle-weights")
-    make_weights(d / "w1.safetensors", seed=1, class_names=SMALL_CLASSES)
-    make_weights(d / "w2.safetensors", seed=2, class_names=SMALL_CLASSES)
-    return d / "w1.safetensors", d / "w2.safetensors"
 
 
 def build(directory: Path, url: str | None, predictor: Predictor, n: int, start: int = 0) -> ImageIndex:
