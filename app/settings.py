@@ -212,6 +212,8 @@ DEPLOYMENT_VARIABLES: dict[str, tuple[str, str]] = {
     "ALEXNET_PG_PASSWORD": ("`alexnet`", "compose, `replicas` profile: the PostgreSQL password"),
     "ALEXNET_REPLICAS": ("`3`", "compose, `replicas` profile: service replicas behind nginx"),
     "ALEXNET_LB_PORT": ("`8080`", "compose, `replicas` profile: the host port of nginx"),
+    "ALEXNET_POSTGRES_IMAGE": ("`postgres:15-bookworm`", "compose, `replicas` profile: PostgreSQL's image (or a local stand-in)"),
+    "ALEXNET_NGINX_IMAGE": ("`nginx:1.27-bookworm`", "compose, `replicas` profile: nginx's image (or a local stand-in)"),
 }
 
 
