@@ -67,9 +67,7 @@ def load_state(settings: Settings, metrics: Metrics, scrub: Scrubber | None = No
         settings=settings, metrics=metrics, decode_budget=DecodeBudget(settings.decode_budget_mb * 2**20), scrub=scrub or Scrubber(settings)
     )
     try:
-        state.predictor = Predictor(
-            settings.weights, device=settings.device, max_batch=max(settings.max_batch, 10), precision=settings.precision
-        )
+        state.predictor = _predictor(settings, settings.weights)
     except (WeightsError, OSError, RuntimeError, ValueError) as e:
         state.problems.append(f"weights {settings.weights}: {e}")
         log.error("cannot load weights: %s", e)
@@ -78,10 +76,13 @@ def load_state(settings: Settings, metrics: Metrics, scrub: Scrubber | None = No
     return state
 
 
+def _predictor(settings: Settings, path: Path) -> Predictor:
+    return Predictor(path, device=settings.device, max_batch=max(settings.max_batch, 10), precision=settings.precision)
+
+
 def load_registered(settings: Settings, store: Store, weights_hash: str) -> Predictor:
     """A model of the gallery's registered weights, its file fetched from the store (``index.registry``)."""
-    path = registry.download(store, weights_hash, Path(settings.index_dir) / "weights")
-    return Predictor(path, device=settings.device, max_batch=max(settings.max_batch, 10), precision=settings.precision)
+    return _predictor(settings, registry.download(store, weights_hash, Path(settings.index_dir) / "weights"))
 
 
 def new_index(settings: Settings, weights_hash: str) -> ImageIndex:
@@ -110,7 +111,7 @@ def open_index(state: ServiceState) -> bool:
         index = new_index(settings, state.predictor.weights_hash)
         active = index.store.get_meta("weights_hash")
         if active != index.weights_hash:  # opened as registered weights beside the active ones: serve the active
-            state.predictor = served_weights(index.store, settings, state.predictor, lambda h: load_registered(settings, index.store, h))
+            state.predictor = served_weights(index.store, state.predictor, lambda h: load_registered(settings, index.store, h))
             if state.predictor.weights_hash != index.weights_hash:
                 index.close()
                 index = new_index(settings, state.predictor.weights_hash)
@@ -119,7 +120,7 @@ def open_index(state: ServiceState) -> bool:
         try:
             store = open_store(settings.index_dir, settings.store_url.get_secret_value() if settings.store_url else None,
                                timeouts=settings.store_timeouts())  # fmt: skip
-            model = served_weights(store, settings, state.predictor, lambda h: load_registered(settings, store, h))  # type: ignore[arg-type]
+            model = served_weights(store, state.predictor, lambda h: load_registered(settings, store, h))  # type: ignore[arg-type]
         except (StoreError, WeightsError, OSError) as e2:
             log.warning("%s", e2)
             model = state.predictor

@@ -25,7 +25,7 @@ from app.settings import Settings
 from app.uploads import ClientGone, Upload, read_uploads
 from index.encoding import STORE_MAX_SIDE, encode_for_store
 from index.index import ImageIndex
-from model.decode import decode_image
+from index.lifecycle import stored_pixels
 from model.decode_cost import DecodeBudget
 from model.predictor import Predictor
 
@@ -105,8 +105,8 @@ class ServedModel:
         from the copy as re-embedding does (``index.lifecycle``), through the batcher."""
         out: list[dict[str, np.ndarray]] = [{} for _ in copies]
         for weights, other in self.others.items():
-            images = await self.cpu_work(lambda o=other: [decode_image(c[0], min_side=o.meta.preset.resize_size).image for c in copies])
-            _, fc7 = await self.batcher.submit(await self.cpu_work(other.pixels, images), other.forward)
+            pixels = await self.cpu_work(lambda o=other: torch.cat([stored_pixels(o, c) for c in copies]))  # type: ignore[misc]
+            _, fc7 = await self.batcher.submit(pixels, other.forward)
             for row, vector in zip(out, fc7.numpy(), strict=True):
                 row[weights] = vector.copy()
         return out

@@ -45,7 +45,7 @@ class Plan:
     switch: tuple[Predictor, ImageIndex] | None = None
 
 
-def served_weights(store: Store, settings: Any, loaded: Predictor, load: Callable[[str], Predictor]) -> Predictor:
+def served_weights(store: Store, loaded: Predictor, load: Callable[[str], Predictor]) -> Predictor:
     """The model a starting replica serves: the gallery's active weights (fetched from the store when they are not
     the configured file's), or the configured file's for a gallery that has none yet."""
     active = store.get_meta("weights_hash")

@@ -32,7 +32,7 @@ from model.vectors import l2_normalise
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReembedReport", "compare", "embed_stored", "reembed"]
+__all__ = ["ReembedReport", "compare", "embed_stored", "reembed", "stored_pixels"]
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ReembedReport:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
 
-def _decode(predictor: Predictor, data: tuple[bytes, str] | None) -> torch.Tensor | None:
+def stored_pixels(predictor: Predictor, data: tuple[bytes, str] | None) -> torch.Tensor | None:
     """The model's pixels of a stored copy, decoded the way the service decodes an upload; None if gone or unreadable."""
     if data is None:
         return None
@@ -63,7 +63,7 @@ def embed_stored(
     predictor: Predictor, copies: list[tuple[bytes, str] | None], pool: ThreadPoolExecutor | None = None
 ) -> list[np.ndarray | None]:
     """Unit fc7 vectors of stored copies (None where a copy is gone or cannot be decoded)."""
-    pixels = list(pool.map(lambda c: _decode(predictor, c), copies)) if pool else [_decode(predictor, c) for c in copies]
+    pixels = list(pool.map(lambda c: stored_pixels(predictor, c), copies)) if pool else [stored_pixels(predictor, c) for c in copies]
     present = [p for p in pixels if p is not None]
     if not present:
         return [None] * len(copies)
@@ -122,7 +122,7 @@ def reembed(
 
 
 def _classify(predictor: Predictor, copies: list[tuple[bytes, str] | None]) -> np.ndarray:
-    pixels = [_decode(predictor, c) for c in copies]
+    pixels = [stored_pixels(predictor, c) for c in copies]
     present = [p for p in pixels if p is not None]
     logits = torch.cat([predictor.forward(torch.cat(present[a : a + 64]))[0] for a in range(0, len(present), 64)]) if present else None
     top = iter(logits.argmax(dim=1).tolist()) if logits is not None else iter(())

@@ -108,7 +108,7 @@ def _store_active_file(store: Any, path: Path) -> None:
     if found is None or found.file_sha256 is not None:
         return
     if path.is_file() and read_meta(path).content_hash == active:
-        if registry.upload(store, active, path) is not None:
+        if registry.ensure_file(store, active, path):
             print(f"stored the active weights {active[:12]} from {path} too")
     else:
         print(f"the active weights {active[:12]} have no file in the store and {path} holds others: give --active-weights FILE "

@@ -188,7 +188,10 @@ def _sha256(path: Path) -> str:
 def register(store: Store, weights_hash: str, dim: int, path: str | os.PathLike[str], info: dict[str, Any]) -> WeightsEntry:
     """Stage weights: registered as ``staged`` (a retired one becomes staged again: only its missing vectors are
     computed), with its file stored for every replica. The active weights cannot be staged."""
-    ensure_active(store, store.get_meta("weights_hash") or weights_hash, dim)
+    active = store.get_meta("weights_hash")
+    if active is None:
+        raise RegistryError(f"{store.location} holds no gallery; build one first (`alexnet index build`)")
+    ensure_active(store, active, dim)
     now = time.time()
     with store.transaction("cannot stage the weights") as tx:
         row = tx.execute(store._sql("SELECT state FROM {weights} WHERE hash = {p}"), (weights_hash,)).fetchone()

@@ -35,7 +35,7 @@ router = APIRouter(tags=["models"])
 
 ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorResponse} for s in (401, 403, 409, 413, 422, 503)}
 
-MAX_WEIGHTS_BYTES = 2 * 2**30  # an uploaded weights file (the full AlexNet is about 240 MB)
+MAX_WEIGHTS_BYTES = 2 * 2**30  # an uploaded weights file: room for the full network in fp32 with margin
 _comparisons: dict[tuple[str, str, int], dict[str, Any]] = {}  # (active, staged, images) -> comparison
 _reembedders: list[subprocess.Popen[bytes]] = []
 
@@ -76,7 +76,7 @@ def _reembed_in_background(ctx: Any, weights_hash: str) -> int:
         env["ALEXNET_STORE_URL"] = ctx.settings.store_url.get_secret_value()
     command = [sys.executable, "-m", "model.console", "model", "reembed", weights_hash, "--index", str(ctx.settings.index_dir), "--quiet"]
     proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-    _reembedders.append(proc)
+    _reembedders[:] = [p for p in _reembedders if p.poll() is None] + [proc]  # (polling reaps the finished ones)
     return proc.pid
 
 
