@@ -31,6 +31,9 @@ URL="http://127.0.0.1:$PORT"
 export ALEXNET_IMAGE="$IMAGE" ALEXNET_BASE_IMAGE="$BASE" TORCH_INDEX_URL="" ALEXNET_PUBLISH_PORT="$PORT" ALEXNET_API_KEY="$KEY"
 export ALEXNET_TRAIN_ARGS="${SMOKE_TRAIN_ARGS:---minutes 0.5 --max-train-images 4000}"
 export ALEXNET_INDEX_ARGS="${SMOKE_INDEX_ARGS:---limit 500}"
+# docker-compose 1.29 gives up on the engine after 60 s by default; creating a container from a 6 GB image on the
+# vfs storage driver (a full copy) can take longer on a slow disk
+export COMPOSE_HTTP_TIMEOUT="${COMPOSE_HTTP_TIMEOUT:-900}" DOCKER_CLIENT_TIMEOUT="${DOCKER_CLIENT_TIMEOUT:-900}"
 COMPOSE=(docker-compose -p "$PROJECT" -f compose.yaml)
 made_base=0
 dockerd_pid=""
@@ -43,7 +46,8 @@ step() {
   printf '[smoke] %-58s %4ss (total %ss)\n' "$1" $((now - t_step)) $((now - t_start))
   t_step=$now
 }
-fail() { echo "[smoke] FAILED: $*" >&2; "${COMPOSE[@]}" logs --tail 60 >&2 || true; exit 1; }
+# the containers' logs first, the reason last: CI shows the tail of the output
+fail() { "${COMPOSE[@]}" logs --tail 60 >&2 || true; echo "[smoke] FAILED: $*" >&2; exit 1; }
 
 cleanup() {
   rm -f docker/pip/ca.crt
@@ -111,7 +115,7 @@ size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 step "3 build $IMAGE ($((size / 1024 / 1024)) MiB)"
 
 # 4. up, with a short training
-"${COMPOSE[@]}" up -d >"$work/up1.log" 2>&1 || { cat "$work/up1.log" >&2; fail "docker-compose up"; }
+"${COMPOSE[@]}" up -d >"$work/up1.log" 2>&1 || fail "docker-compose up: $(tail -5 "$work/up1.log")"
 step "4 docker-compose up -d (init: train + gallery)"
 
 # 5. health
@@ -145,7 +149,7 @@ step "6 classify, similar, add (id $id), fetch over HTTP"
 
 # 7. down and up again: the volume keeps weights and gallery
 "${COMPOSE[@]}" down >/dev/null 2>&1
-"${COMPOSE[@]}" up -d >"$work/up2.log" 2>&1 || { cat "$work/up2.log" >&2; fail "second docker-compose up"; }
+"${COMPOSE[@]}" up -d >"$work/up2.log" 2>&1 || fail "second docker-compose up: $(tail -5 "$work/up2.log")"
 # (down removed the containers: these logs are the second init's alone)
 "${COMPOSE[@]}" logs init | grep -q "training the default model" && fail "the second up trained again"
 "${COMPOSE[@]}" logs init | grep -q "building the gallery" && fail "the second up rebuilt the gallery"
