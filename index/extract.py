@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from index.store import NewImage
 from model.console import progress as progress_bar
 from model.datasets import fashion_mnist, image_files, read_image
 from model.decode import DEFAULT_MAX_PIXELS, DecodeError
-from model.predictor import Predictor
+from model.predictor import Predictor, threads_beside, usable_cores
 from model.preprocess import pixels_transform
 
 log = logging.getLogger(__name__)
@@ -163,11 +162,22 @@ def build_index(
     limit: int | None = None,
     progress: bool = True,
 ) -> BuildReport:
-    """Embed every image of ``source`` (a folder, a file, or ``fashion-mnist:test``) into ``index``."""
+    """Embed every image of ``source`` (a folder, a file, or ``fashion-mnist:test``) into ``index``.
+
+    ``workers`` processes (default: one per core, at most 2) decode, preprocess and re-encode the stored copy while
+    the model runs; on the CPU the model gets the cores the workers leave (at least one thread) for the build, as
+    a parallel region that shares its cores with busy workers waits for its slowest thread."""
     if predictor.weights_hash != index.weights_hash:
         raise ValueError(f"weights {predictor.weights_hash[:12]} differ from the index's {index.weights_hash[:12]}")
     ds = images_from_source(source, predictor, data_dir=data_dir, labels_from_folders=labels_from_folders, limit=limit)
-    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    workers = min(2, usable_cores()) if workers is None else workers
+    with threads_beside(predictor, workers):
+        return _build(index, predictor, ds, batch_size, workers, progress)
+
+
+def _build(
+    index: ImageIndex, predictor: Predictor, ds: Dataset[Item | tuple[str, str]], batch_size: int, workers: int, progress: bool
+) -> BuildReport:
     report = BuildReport()
     with progress_bar(total=len(ds), desc="fc7", unit="img", disable=not progress) as bar:  # type: ignore[arg-type]
         for items, bad in _batches(ds, batch_size, workers):

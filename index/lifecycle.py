@@ -27,7 +27,7 @@ from index.registry import RegistryError
 from index.store import Store
 from model.console import progress as progress_bar
 from model.decode import DecodeError, decode_image
-from model.predictor import Predictor
+from model.predictor import Predictor, threads_beside, usable_cores
 from model.vectors import l2_normalise
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,13 @@ def embed_stored(
 ) -> list[np.ndarray | None]:
     """Unit fc7 vectors of stored copies (None where a copy is gone or cannot be decoded)."""
     pixels = list(pool.map(lambda c: stored_pixels(predictor, c), copies)) if pool else [stored_pixels(predictor, c) for c in copies]
+    return _unit_fc7(predictor, pixels)
+
+
+def _unit_fc7(predictor: Predictor, pixels: list[torch.Tensor | None]) -> list[np.ndarray | None]:
     present = [p for p in pixels if p is not None]
     if not present:
-        return [None] * len(copies)
+        return [None] * len(pixels)
     _, fc7 = predictor.forward(torch.cat(present))
     vectors = iter(l2_normalise(fc7.numpy().astype(np.float32)))
     return [None if p is None else next(vectors) for p in pixels]
@@ -74,11 +78,23 @@ def embed_stored(
 
 def reembed(
     store: Store, predictor: Predictor, *, batch: int = 64, progress: bool = True, stop: Callable[[], bool] = lambda: False,
-    threads: int = 2, on_batch: Callable[[ReembedReport], None] | None = None,
+    threads: int | None = None, on_batch: Callable[[ReembedReport], None] | None = None,
 ) -> ReembedReport:  # fmt: skip
     """Compute and store the vectors of ``predictor``'s weights (registered: staged or retired) for every stored image
     that has none, until none is left or ``stop()``. Adds made meanwhile by processes that embed with the staged
-    weights too (the service) need nothing; any other add is found by a last pass from the start."""
+    weights too (the service) need nothing; any other add is found by a last pass from the start.
+
+    The next batch is read and decoded (``threads`` threads; default a third of the cores, at least one) while the
+    model runs on the one before, on the cores they leave (``threads_beside``)."""
+    threads = threads or max(1, usable_cores() // 3)
+    with threads_beside(predictor, threads):
+        return _reembed(store, predictor, batch, progress, stop, threads, on_batch)
+
+
+def _reembed(
+    store: Store, predictor: Predictor, batch: int, progress: bool, stop: Callable[[], bool], threads: int,
+    on_batch: Callable[[ReembedReport], None] | None,
+) -> ReembedReport:  # fmt: skip
     weights = predictor.weights_hash
     found = registry.entry(store, weights)
     if found is None:
@@ -91,18 +107,28 @@ def reembed(
         total, missing = store.count(), registry.missing_count(store, weights)
         bad: set[int] = set()
         desc = f"re-embedding {weights[:12]}"
+
+        def load(after: int) -> tuple[list[int], list[torch.Tensor | None]]:
+            # the next batch's ids, copies and pixels, read and decoded while the model runs on the one before
+            ids = [i for i in registry.missing_ids(store, weights, after, batch) if i not in bad]
+            return ids, list(pool.map(lambda i: stored_pixels(predictor, store.image_data(i)), ids))
+
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="reembed-decode") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="reembed-read") as reader, \
                 progress_bar(total=total, initial=total - missing, desc=desc, unit="img", disable=not progress) as bar:  # fmt: skip
-            after, passed_end = 0, False
+            from_start, passed_end = True, False
+            upcoming = reader.submit(load, 0)
             while not stop():
-                ids = [i for i in registry.missing_ids(store, weights, after, batch) if i not in bad]
+                ids, pixels = upcoming.result()
                 if not ids:
-                    if after == 0 or passed_end:
+                    if from_start or passed_end:
                         break
-                    after, passed_end = 0, True  # one pass more from the start, for adds made without these weights
+                    from_start = passed_end = True  # one pass more from the start, for adds made without these weights
+                    upcoming = reader.submit(load, 0)
                     continue
-                after = ids[-1]
-                vectors = embed_stored(predictor, [store.image_data(i) for i in ids], pool)
+                from_start = False
+                upcoming = reader.submit(load, ids[-1])
+                vectors = _unit_fc7(predictor, pixels)
                 done = [(i, v) for i, v in zip(ids, vectors, strict=True) if v is not None]
                 for i, v in zip(ids, vectors, strict=True):
                     if v is None and store.get(i) is not None:
@@ -116,6 +142,7 @@ def reembed(
                 report.seconds = time.perf_counter() - started
                 if on_batch is not None:
                     on_batch(report)
+            upcoming.cancel()
         report.remaining = registry.missing_count(store, weights)
     report.seconds = time.perf_counter() - started
     return report

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from model.quantize import PRECISIONS, quantize_fc, quantize_static
 from model.vectors import l2_normalise
 from model.weights import Network, WeightsMeta, load_weights
 
-__all__ = ["Prediction", "Predictor", "serving_model"]
+__all__ = ["Prediction", "Predictor", "serving_model", "threads_beside", "usable_cores"]
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +202,22 @@ def describe(meta: WeightsMeta) -> dict[str, object]:
         "int8_calibrated": bool(meta.calibration),
         "content_hash": meta.content_hash,
     }
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the platform tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def threads_beside(predictor: Predictor, busy: int) -> Iterator[None]:
+    """For the block, the model's CPU threads are limited to the cores that ``busy`` other threads or processes
+    (decoding beside it) leave, at least one: a parallel region sharing its cores with busy threads waits for its
+    slowest thread. Process-wide (``torch.set_num_threads``): for batch jobs, not for a serving process."""
+    previous = torch.get_num_threads()
+    if predictor.device.startswith("cpu") and busy > 0:
+        torch.set_num_threads(min(previous, max(1, usable_cores() - busy)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
