@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from index.store import NewImage
 from model.console import progress as progress_bar
 from model.datasets import fashion_mnist, image_files, read_image
 from model.decode import DEFAULT_MAX_PIXELS, DecodeError
-from model.predictor import Predictor, threads_beside, usable_cores
+from model.predictor import CoreSplit, Predictor, usable_cores
 from model.preprocess import pixels_transform
 
 log = logging.getLogger(__name__)
@@ -165,14 +166,31 @@ def build_index(
     """Embed every image of ``source`` (a folder, a file, or ``fashion-mnist:test``) into ``index``.
 
     ``workers`` processes (default: one per core, at most 2) decode, preprocess and re-encode the stored copy while
-    the model runs; on the CPU the model gets the cores the workers leave (at least one thread) for the build, as
-    a parallel region that shares its cores with busy workers waits for its slowest thread."""
+    the model runs; from the cost of a few items, timed here first, the model may leave the workers their cores
+    (``CoreSplit``)."""
     if predictor.weights_hash != index.weights_hash:
         raise ValueError(f"weights {predictor.weights_hash[:12]} differ from the index's {index.weights_hash[:12]}")
     ds = images_from_source(source, predictor, data_dir=data_dir, labels_from_folders=labels_from_folders, limit=limit)
     workers = min(2, usable_cores()) if workers is None else workers
-    with threads_beside(predictor, workers):
+    with CoreSplit(predictor, workers) as split:
+        if workers > 0 and len(ds) > 0:  # type: ignore[arg-type]
+            split.decide(*_costs(ds, predictor))
         return _build(index, predictor, ds, batch_size, workers, progress)
+
+
+def _costs(ds: Dataset[Item | tuple[str, str]], predictor: Predictor, n: int = 16) -> tuple[float, float]:
+    """Core-seconds per image of a worker's part (decoding, preprocessing, the stored copy) and of the forward pass,
+    from the first ``n`` items."""
+    t = time.perf_counter()
+    items = [it for it in (ds[i] for i in range(min(n, len(ds)))) if isinstance(it, Item)]  # type: ignore[arg-type]
+    decoding = (time.perf_counter() - t) / max(1, len(items))
+    if not items:
+        return decoding, 0.0
+    batch = torch.stack([it.tensor for it in items])
+    predictor.forward(batch)  # (the first pass of a process is slower)
+    t = time.perf_counter()
+    predictor.forward(batch)
+    return decoding, (time.perf_counter() - t) * torch.get_num_threads() / len(items)
 
 
 def _build(

@@ -27,7 +27,7 @@ from index.registry import RegistryError
 from index.store import Store
 from model.console import progress as progress_bar
 from model.decode import DecodeError, decode_image
-from model.predictor import Predictor, threads_beside, usable_cores
+from model.predictor import CoreSplit, Predictor, usable_cores
 from model.vectors import l2_normalise
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,16 @@ def reembed(
     weights too (the service) need nothing; any other add is found by a last pass from the start.
 
     The next batch is read and decoded (``threads`` threads; default a third of the cores, at least one) while the
-    model runs on the one before, on the cores they leave (``threads_beside``)."""
+    model runs on the one before; from the first batch's costs, the model may leave the decoders their cores
+    (``CoreSplit``)."""
     threads = threads or max(1, usable_cores() // 3)
-    with threads_beside(predictor, threads):
-        return _reembed(store, predictor, batch, progress, stop, threads, on_batch)
+    with CoreSplit(predictor, threads) as split:
+        return _reembed(store, predictor, batch, progress, stop, threads, on_batch, split)
 
 
 def _reembed(
     store: Store, predictor: Predictor, batch: int, progress: bool, stop: Callable[[], bool], threads: int,
-    on_batch: Callable[[ReembedReport], None] | None,
+    on_batch: Callable[[ReembedReport], None] | None, split: CoreSplit,
 ) -> ReembedReport:  # fmt: skip
     weights = predictor.weights_hash
     found = registry.entry(store, weights)
@@ -108,10 +109,12 @@ def _reembed(
         bad: set[int] = set()
         desc = f"re-embedding {weights[:12]}"
 
-        def load(after: int) -> tuple[list[int], list[torch.Tensor | None]]:
+        def load(after: int) -> tuple[list[int], list[torch.Tensor | None], float]:
             # the next batch's ids, copies and pixels, read and decoded while the model runs on the one before
             ids = [i for i in registry.missing_ids(store, weights, after, batch) if i not in bad]
-            return ids, list(pool.map(lambda i: stored_pixels(predictor, store.image_data(i)), ids))
+            t = time.perf_counter()
+            pixels = list(pool.map(lambda i: stored_pixels(predictor, store.image_data(i)), ids))
+            return ids, pixels, (time.perf_counter() - t) * min(threads, len(ids) or 1)  # core-seconds
 
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="reembed-decode") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="reembed-read") as reader, \
@@ -119,7 +122,7 @@ def _reembed(
             from_start, passed_end = True, False
             upcoming = reader.submit(load, 0)
             while not stop():
-                ids, pixels = upcoming.result()
+                ids, pixels, decoding = upcoming.result()
                 if not ids:
                     if from_start or passed_end:
                         break
@@ -128,7 +131,10 @@ def _reembed(
                     continue
                 from_start = False
                 upcoming = reader.submit(load, ids[-1])
+                t = time.perf_counter()
                 vectors = _unit_fc7(predictor, pixels)
+                if report.computed == 0 and ids:  # the first batch: whether the model leaves the decoders their cores
+                    split.decide(decoding / len(ids), (time.perf_counter() - t) * torch.get_num_threads() / len(ids))
                 done = [(i, v) for i, v in zip(ids, vectors, strict=True) if v is not None]
                 for i, v in zip(ids, vectors, strict=True):
                     if v is None and store.get(i) is not None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +20,7 @@ from model.quantize import PRECISIONS, quantize_fc, quantize_static
 from model.vectors import l2_normalise
 from model.weights import Network, WeightsMeta, load_weights
 
-__all__ = ["Prediction", "Predictor", "serving_model", "threads_beside", "usable_cores"]
+__all__ = ["CoreSplit", "Prediction", "Predictor", "serving_model", "usable_cores"]
 
 log = logging.getLogger(__name__)
 
@@ -209,15 +208,27 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-@contextmanager
-def threads_beside(predictor: Predictor, busy: int) -> Iterator[None]:
-    """For the block, the model's CPU threads are limited to the cores that ``busy`` other threads or processes
-    (decoding beside it) leave, at least one: a parallel region sharing its cores with busy threads waits for its
-    slowest thread. Process-wide (``torch.set_num_threads``): for batch jobs, not for a serving process."""
-    previous = torch.get_num_threads()
-    if predictor.device.startswith("cpu") and busy > 0:
-        torch.set_num_threads(min(previous, max(1, usable_cores() - busy)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+class CoreSplit:
+    """Decoding beside the model on the CPU (``busy`` threads or processes): after ``decide``, the model's threads
+    are limited to the cores the decoders leave (at least one), if decoding costs at least ``SPLIT_AT`` of the
+    forward pass's core time per image. Then a parallel region sharing its cores with busy decoders would wait for
+    its slowest thread; below that the decoders fit in the model's gaps and it keeps every core. Process-wide
+    (``torch.set_num_threads``), until the block ends: for batch jobs, not for a serving process."""
+
+    SPLIT_AT = 0.25
+
+    def __init__(self, predictor: Predictor, busy: int) -> None:
+        self.cpu, self.busy, self.previous = predictor.device.startswith("cpu"), busy, torch.get_num_threads()
+        self.split = False
+
+    def decide(self, decode_core_s: float, forward_core_s: float) -> None:
+        """From one batch's costs per image: core-seconds of decoding and of the forward pass."""
+        self.split = self.cpu and self.busy > 0 and decode_core_s >= self.SPLIT_AT * forward_core_s
+        if self.split:
+            torch.set_num_threads(min(self.previous, max(1, usable_cores() - self.busy)))
+
+    def __enter__(self) -> CoreSplit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.previous)
