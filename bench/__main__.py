@@ -3,7 +3,8 @@
 python -m bench            (or: make bench)
 python -m bench --quick    every figure with shorter measuring windows, except search at 10^6 vectors (about 2.5
                            minutes more: `python -m bench search`); under 10 minutes on 2 cores
-python -m bench filter     one benchmark by name (filter: listings and searches by label and source at 10^5 images)
+python -m bench filter     one benchmark by name (filter: listings and searches by label and source at 10^5 images;
+                           lifecycle: re-embedding, /similar meanwhile, the switch, the stored copy's fidelity)
 python -m bench gallery    the shared-gallery benchmark (several processes on one store), run only when named
 """
 
@@ -22,6 +23,7 @@ BENCHES = [
     "bench.photo_bench",
     "bench.search_bench",
     "bench.filter_bench",
+    "bench.lifecycle_bench",
 ]
 # --quick: each bench's shorter measuring windows (the figures are the same, noisier), and search at 10^5 vectors only
 QUICK = {
@@ -29,6 +31,7 @@ QUICK = {
     "bench.photo_bench": ["--seconds", "2", "--warmup", "0.5"],
     "bench.search_bench": ["--sizes", "100000", "--queries", "200"],
     "bench.filter_bench": ["--store", "sqlite"],
+    "bench.lifecycle_bench": ["--images", "1024", "--seconds", "3"],
 }
 ON_REQUEST = ["bench.gallery_bench"]  # run only when named: `python -m bench gallery` (~8 minutes)
 
