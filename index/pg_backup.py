@@ -59,7 +59,7 @@ def _connect(url: str) -> Any:
     import psycopg
 
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, client_encoding="utf8")  # (as the store: text as str)
     except psycopg.Error as e:
         raise ImageIndexError(f"cannot reach the gallery's database: {redact_url(str(e))}") from None
 

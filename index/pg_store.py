@@ -118,6 +118,7 @@ class PostgresStore(Store):
         ms = lambda seconds: max(1, round(seconds * 1000))  # noqa: E731
         self._connect_kwargs: dict[str, Any] = {
             "connect_timeout": max(1, round(t.connect_s)),
+            "client_encoding": "utf8",  # text as str even where the database is SQL_ASCII (initdb without a UTF-8 locale)
             "options": f"-c lock_timeout={ms(t.lock_s)} -c statement_timeout={ms(t.statement_s)} "
             f"-c idle_in_transaction_session_timeout={ms(t.idle_in_transaction_s)}",
             "keepalives": 1,

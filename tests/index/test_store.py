@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -205,3 +207,22 @@ def test_a_delete_killed_before_its_commit_keeps_its_image(tmp_path: Path) -> No
     with ImageIndex(tmp_path, weights_hash="a" * 64, dim=DIM) as idx:
         assert path.is_file() and not orphan.exists()
         assert idx.check() == [] and idx.image_data(added.id) is not None
+
+
+def test_a_sql_ascii_database_reads_text_as_text(postgres: Any) -> None:
+    """A database made without a UTF-8 locale (initdb in a bare container gives SQL_ASCII) still returns text as
+    str: the store asks for UTF-8 on every connection, so labels and metadata do not come back as bytes."""
+    import psycopg
+
+    name = f"t_ascii_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    s = open_store(None, postgres.url(name))
+    try:
+        s.init_meta({"dim": str(DIM)})
+        assert s.get_meta("dim") == str(DIM)
+        ((image_id, _, _),) = s.add_many([item(3, label="chemise é")])
+        rec = s.get(image_id)
+        assert rec is not None and rec.label == "chemise é"
+    finally:
+        s.close()
