@@ -5,6 +5,9 @@
 #   entrypoint.sh prepare   get Fashion-MNIST, train the default model if no weights, build the gallery if no index
 #   entrypoint.sh serve     serve ALEXNET_WEIGHTS with the index in ALEXNET_INDEX_DIR
 #   entrypoint.sh install   create .venv and install the project (skipped when `alexnet` is already on PATH)
+#   entrypoint.sh alexnet ARGS...
+#                           any `alexnet` command (`docker compose run --rm api alexnet model list`); in the image,
+#                           docker/alexnet sets ALEXNET_INDEX_DIR as `serve` does
 #
 # Settings (environment): ALEXNET_DATA_DIR (default data), ALEXNET_WEIGHTS (default
 # $ALEXNET_DATA_DIR/weights/fashion-mnist.safetensors), ALEXNET_INDEX_DIR (default
@@ -135,5 +138,6 @@ case "${1:-run}" in
   prepare) install; prepare ;;
   serve) shift; serve "$@" ;;
   install) install ;;
-  *) echo "usage: $0 run|prepare|serve|install" >&2; exit 2 ;;
+  alexnet) shift; exec "${ALEXNET[@]}" "$@" ;;
+  *) echo "usage: $0 run|prepare|serve|install|alexnet ARGS..." >&2; exit 2 ;;
 esac

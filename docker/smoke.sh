@@ -10,7 +10,11 @@
 #   5. wait until /readyz answers 200
 #   6. classify, search, add and fetch over HTTP from the host
 #   7. docker-compose down, up again: no retraining, the gallery and the added image survive
-#   8. take everything down and remove what it created (SMOKE_KEEP=1 keeps the images)
+#   8. new weights without downtime: train a second model, `exec api alexnet model stage/activate`, the api follows
+#   9. build stand-ins for the official postgres and nginx images from Debian's packages (Docker Hub is out of reach)
+#  10. --profile replicas: PostgreSQL, init-pg, two replicas, nginx (skipped, saying why, without the disk for them)
+#  11. an add through nginx is seen by each replica; 12. a model switch reaches each replica
+#  13. take everything down and remove what it created (SMOKE_KEEP=1 keeps the images)
 # Prints each step's time and the image's size.
 #
 #   smoke.sh --if-possible   (make test) skip, saying why, where it cannot run: not root and no engine to reach
@@ -53,7 +57,7 @@ cleanup() {
   rm -f docker/pip/ca.crt
   "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
   if [ "${SMOKE_KEEP:-0}" != 1 ]; then
-    docker image rm -f "$IMAGE" >/dev/null 2>&1 || true
+    docker image rm -f "$IMAGE" alexnet-standin-postgres:smoke alexnet-standin-nginx:smoke >/dev/null 2>&1 || true
     docker image prune -f >/dev/null 2>&1 || true  # the build stage's layers (they hold the base image too)
     if [ $made_base = 1 ]; then docker image rm -f "$BASE" >/dev/null 2>&1 || true; fi
     docker image prune -f >/dev/null 2>&1 || true
@@ -110,6 +114,7 @@ build() {
 build || { tail -20 "$work/build.log" >&2; echo "[smoke] retrying the build once (package registries)" >&2; build; } \
   || { tail -40 "$work/build.log" >&2; fail "docker build"; }
 rm -f docker/pip/ca.crt
+[ "${SMOKE_KEEP:-0}" = 1 ] || docker image prune -f >/dev/null 2>&1  # the build stage: a second 6 GB on vfs
 docker run --rm --entrypoint sh "$IMAGE" -c 'test ! -e /tmp/pip && ! grep -rqs "BEGIN CERTIFICATE" /app' || fail "build secrets in the image"
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 step "3 build $IMAGE ($((size / 1024 / 1024)) MiB)"
@@ -157,7 +162,85 @@ wait_ready
 curl -fsS "$URL/images/$id/meta" | grep -q '"label":"smoke"' || fail "image $id did not survive down/up"
 step "7 down + up: no retraining, gallery and image $id kept"
 
-# 8. everything down (the trap removes the rest)
+# 8. new weights without downtime (README): a second model trained with another seed, staged and activated with
+#    `docker compose exec api alexnet model ...` beside the running service; it switches by itself
+weights_of() { python3 -c 'import json,sys; print(json.load(sys.stdin).get("model", {}).get("weights_hash", ""))'; }
+wait_weights() {  # COMMAND HASH12 WHAT: until the command's /readyz names that hash (30 s at most)
+  for _ in $(seq 150); do
+    case "$($1 2>/dev/null | weights_of 2>/dev/null)" in "$2"*) return 0 ;; esac
+    sleep 0.2
+  done
+  fail "$3 does not answer with $2 within 30 s"
+}
+EXEC=("${COMPOSE[@]}" exec -T)
+"${EXEC[@]}" api alexnet train --recipe fashion-mnist --seed 2 --minutes 0.3 --max-train-images 2000 \
+  --data-dir /usr/share/datasets/fashion-mnist --out /data/runs/seed2 >"$work/train2.log" 2>&1 || fail "training a second model: $(tail -5 "$work/train2.log")"
+staged=$("${EXEC[@]}" api alexnet model stage /data/runs/seed2/model.safetensors --quiet 2>&1) || fail "model stage: $staged"
+new=$(echo "$staged" | sed -n 's/^staged \([0-9a-f]\{12\}\) .*/\1/p')
+[ -n "$new" ] || fail "model stage printed no hash: $staged"
+first=$(curl -fsS "$URL/readyz" | weights_of)
+"${EXEC[@]}" api alexnet model activate "$new" >"$work/activate.log" 2>&1 || fail "model activate: $(cat "$work/activate.log")"
+wait_weights "curl -fsS $URL/readyz" "$new" "the api"
+curl -fsS -F "file=@$work/q.png" "$URL/similar?k=5" | weights_of | grep -q "^$new" || fail "/similar does not answer with $new"
+step "8 stage + activate ${new} (was ${first:0:12}): the api switched"
+
+# 9-12. the replicas profile for real: PostgreSQL, two replicas, nginx. Each container on the vfs storage driver is
+# a full copy of the service image, so it runs only where the engine's disk has room for three more.
+"${COMPOSE[@]}" down >/dev/null 2>&1
+need=$(( 3 * size / 1024 + 4 * 1024 * 1024 ))  # KiB: init-pg and two replicas, and some room
+root=$(docker info -f '{{.DockerRootDir}}')
+have=$(df --output=avail -k "$root" | tail -1 | tr -d ' ')
+if [ "$have" -lt "$need" ]; then
+  echo "[smoke] the replicas profile skipped: $((have / 1024 / 1024)) GiB free in $root, it needs $((need / 1024 / 1024)) GiB" \
+    "(each container is a full copy of the image on vfs)"
+else
+  for standin in postgres nginx; do
+    DOCKER_BUILDKIT=0 docker build --network host -q -f "docker/standins/$standin.Dockerfile" --build-arg BASE_IMAGE="$BASE" \
+      -t "alexnet-standin-$standin:smoke" docker/standins >"$work/build-$standin.log" 2>&1 \
+      || fail "building the $standin stand-in: $(tail -20 "$work/build-$standin.log")"
+  done
+  export ALEXNET_POSTGRES_IMAGE=alexnet-standin-postgres:smoke ALEXNET_NGINX_IMAGE=alexnet-standin-nginx:smoke
+  export ALEXNET_REPLICAS=2 ALEXNET_LB_PORT=$((PORT + 1))
+  LB="http://127.0.0.1:$ALEXNET_LB_PORT"
+  COMPOSE+=(--profile replicas)
+  EXEC=("${COMPOSE[@]}" exec -T)
+  step "9 stand-in images: PostgreSQL and nginx from Debian's packages"
+  # (init trained the model into the volume already: init-pg alone writes the gallery into PostgreSQL, and its
+  # container goes before the replicas' come)
+  "${COMPOSE[@]}" up -d postgres >"$work/up3.log" 2>&1 || fail "up postgres: $(tail -5 "$work/up3.log")"
+  "${COMPOSE[@]}" up --no-deps --exit-code-from init-pg init-pg >"$work/init-pg.log" 2>&1 || fail "init-pg: $(tail -20 "$work/init-pg.log")"
+  "${COMPOSE[@]}" rm -f init-pg >/dev/null 2>&1
+  "${COMPOSE[@]}" up -d --no-deps api-replica lb >"$work/up4.log" 2>&1 || fail "up replicas: $(tail -5 "$work/up4.log")"
+  for _ in $(seq 300); do curl -fsS "$LB/readyz" >/dev/null 2>&1 && break; sleep 2; done
+  mapfile -t replicas < <(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter label=com.docker.compose.service=api-replica)
+  [ "${#replicas[@]}" = 2 ] || fail "expected 2 running replicas, found ${#replicas[@]}"
+  for r in "${replicas[@]}"; do
+    for _ in $(seq 150); do docker exec "$r" curl -fsS http://127.0.0.1:8000/readyz >/dev/null 2>&1 && break; sleep 2; done
+  done
+  step "10 --profile replicas: postgres, init-pg, 2 replicas, nginx ready"
+
+  # 11. an add through nginx is seen by every replica
+  added=$(curl -fsS -H "Authorization: Bearer $KEY" -F "file=@$work/q.png" -F label=replicas "$LB/images") || fail "POST /images through nginx"
+  rid=$(echo "$added" | python3 -c 'import json,sys; print(json.load(sys.stdin)["images"][0]["id"])')
+  for r in "${replicas[@]}"; do
+    seen=0
+    for _ in $(seq 100); do
+      docker exec "$r" curl -fsS "http://127.0.0.1:8000/images/$rid/meta" 2>/dev/null | grep -q '"label":"replicas"' && { seen=1; break; }
+      sleep 0.1
+    done
+    [ $seen = 1 ] || fail "replica $r does not see image $rid within 10 s"
+  done
+  step "11 add through nginx (id $rid) seen by both replicas"
+
+  # 12. a model switch, run in one replica's container, reaches every replica
+  staged=$("${EXEC[@]}" api-replica alexnet model stage /data/runs/seed2/model.safetensors --quiet 2>&1) || fail "model stage (replicas): $staged"
+  "${EXEC[@]}" api-replica alexnet model activate "$new" >"$work/activate2.log" 2>&1 || fail "model activate (replicas): $(cat "$work/activate2.log")"
+  for r in "${replicas[@]}"; do wait_weights "docker exec $r curl -fsS http://127.0.0.1:8000/readyz" "$new" "replica $r"; done
+  curl -fsS -F "file=@$work/q.png" "$LB/similar?k=5" | weights_of | grep -q "^$new" || fail "/similar through nginx does not answer with $new"
+  step "12 stage + activate $new on PostgreSQL: both replicas switched"
+fi
+
+# 13. everything down (the trap removes the rest)
 "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1
-step "8 down -v"
+step "13 down -v"
 echo "[smoke] passed in $(( $(date +%s) - t_start ))s; image $((size / 1024 / 1024)) MiB"
