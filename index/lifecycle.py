@@ -85,7 +85,7 @@ def reembed(
     weights too (the service) need nothing; any other add is found by a last pass from the start.
 
     The next batch is read and decoded (``threads`` threads; default a third of the cores, at least one) while the
-    model runs on the one before; from the first batch's costs, the model may leave the decoders their cores
+    model runs on the one before; from the second batch's costs, the model may leave the decoders their cores
     (``CoreSplit``)."""
     threads = threads or max(1, usable_cores() // 3)
     with CoreSplit(predictor, threads) as split:
@@ -119,7 +119,7 @@ def _reembed(
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="reembed-decode") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="reembed-read") as reader, \
                 progress_bar(total=total, initial=total - missing, desc=desc, unit="img", disable=not progress) as bar:  # fmt: skip
-            from_start, passed_end = True, False
+            from_start, passed_end, batches = True, False, 0
             upcoming = reader.submit(load, 0)
             while not stop():
                 ids, pixels, decoding = upcoming.result()
@@ -133,7 +133,8 @@ def _reembed(
                 upcoming = reader.submit(load, ids[-1])
                 t = time.perf_counter()
                 vectors = _unit_fc7(predictor, pixels)
-                if report.computed == 0 and ids:  # the first batch: whether the model leaves the decoders their cores
+                batches += 1
+                if batches == 2:  # whether the model leaves the decoders their cores (the first pass warms the model up)
                     split.decide(decoding / len(ids), (time.perf_counter() - t) * torch.get_num_threads() / len(ids))
                 done = [(i, v) for i, v in zip(ids, vectors, strict=True) if v is not None]
                 for i, v in zip(ids, vectors, strict=True):
