@@ -17,7 +17,8 @@
 #  13. take everything down and remove what it created (SMOKE_KEEP=1 keeps the images)
 # Prints each step's time and the image's size.
 #
-#   smoke.sh --if-possible   (make test) skip, saying why, where it cannot run: not root and no engine to reach
+#   smoke.sh --if-possible   (make test) skip, saying why, where it cannot run: not root and no engine to reach, or
+#                            under 25 GiB free for the engine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,6 +83,15 @@ if ! docker info >/dev/null 2>&1; then
 fi
 command -v docker-compose >/dev/null || { echo "no docker-compose: apt-get install docker-compose" >&2; exit 1; }
 step "1 docker engine"
+
+# the engine's disk: on vfs the image, its build stage and each container are full copies (about 6 GB each)
+root=$(docker info -f '{{.DockerRootDir}}')
+have=$(df --output=avail -k "$root" | tail -1 | tr -d ' ')
+if [ "$have" -lt $((25 * 1024 * 1024)) ]; then
+  msg="$((have / 1024 / 1024)) GiB free in $root; the image, its build stage and the default profile's two containers need about 25"
+  if [ "${1:-}" = --if-possible ]; then echo "[smoke] skipped: $msg"; exit 0; fi
+  fail "$msg"
+fi
 
 # 2. the base image (Docker Hub is out of reach here)
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
@@ -188,7 +198,6 @@ step "8 stage + activate ${new} (was ${first:0:12}): the api switched"
 # a full copy of the service image, so it runs only where the engine's disk has room for three more.
 "${COMPOSE[@]}" down >/dev/null 2>&1
 need=$(( 3 * size / 1024 + 4 * 1024 * 1024 ))  # KiB: init-pg and two replicas, and some room
-root=$(docker info -f '{{.DockerRootDir}}')
 have=$(df --output=avail -k "$root" | tail -1 | tr -d ' ')
 if [ "$have" -lt "$need" ]; then
   echo "[smoke] the replicas profile skipped: $((have / 1024 / 1024)) GiB free in $root, it needs $((need / 1024 / 1024)) GiB" \
