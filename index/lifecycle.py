@@ -59,12 +59,10 @@ def stored_pixels(predictor: Predictor, data: tuple[bytes, str] | None) -> torch
     return predictor.pixels([image])
 
 
-def embed_stored(
-    predictor: Predictor, copies: list[tuple[bytes, str] | None], pool: ThreadPoolExecutor | None = None
-) -> list[np.ndarray | None]:
-    """Unit fc7 vectors of stored copies (None where a copy is gone or cannot be decoded)."""
-    pixels = list(pool.map(lambda c: stored_pixels(predictor, c), copies)) if pool else [stored_pixels(predictor, c) for c in copies]
-    return _unit_fc7(predictor, pixels)
+def embed_stored(predictor: Predictor, copies: list[tuple[bytes, str] | None]) -> list[np.ndarray | None]:
+    """Unit fc7 vectors of stored copies (None where a copy is gone or cannot be decoded), one batch, no pipeline:
+    what ``reembed`` stores for them."""
+    return _unit_fc7(predictor, [stored_pixels(predictor, c) for c in copies])
 
 
 def _unit_fc7(predictor: Predictor, pixels: list[torch.Tensor | None]) -> list[np.ndarray | None]:
