@@ -18,7 +18,7 @@
 # Prints each step's time and the image's size.
 #
 #   smoke.sh --if-possible   (make test) skip, saying why, where it cannot run: not root and no engine to reach, or
-#                            under 25 GiB free for the engine
+#                            under 32 GiB free for the engine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,8 +87,8 @@ step "1 docker engine"
 # the engine's disk: on vfs the image, its build stage and each container are full copies (about 6 GB each)
 root=$(docker info -f '{{.DockerRootDir}}')
 have=$(df --output=avail -k "$root" | tail -1 | tr -d ' ')
-if [ "$have" -lt $((25 * 1024 * 1024)) ]; then
-  msg="$((have / 1024 / 1024)) GiB free in $root; the image, its build stage and the default profile's two containers need about 25"
+if [ "$have" -lt $((32 * 1024 * 1024)) ]; then
+  msg="$((have / 1024 / 1024)) GiB free in $root; the image, its build stage and the default profile's two containers need about 32"
   if [ "${1:-}" = --if-possible ]; then echo "[smoke] skipped: $msg"; exit 0; fi
   fail "$msg"
 fi
