@@ -13,7 +13,7 @@ sees meanwhile, each figure beside its baseline from the same run.
 3. Two servers on the gallery: the seconds from ``alexnet model activate`` returning until both answer with the
    new hash (each server looks every ``ALEXNET_FOLLOW_INTERVAL_S``, 0.5 s here).
 4. With the ``bench`` extra (scikit-image's photographs): the cosine between fc7 from the stored copy and fc7 from
-   the upload, at 2 and 12 MP (``fidelity``), for the default model (``--weights``; skipped until `make run` trained it).
+   the upload, at 0.04, 2 and 12 MP (``fidelity``), for the default model (``--weights``; skipped until `make run` trained it).
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ FOLLOW_INTERVAL_S = 0.5
 DEFAULT_WEIGHTS = ROOT / "data" / "weights" / "fashion-mnist.safetensors"  # what `make run` trains
 
 
-def fidelity(weights: list[Path], megapixels: tuple[float, ...] = (2, 12)) -> list[dict[str, Any]]:
+def fidelity(weights: list[Path], megapixels: tuple[float, ...] = (0.04, 2, 12)) -> list[dict[str, Any]]:
     """What re-embedding from the stored copy costs: the 12 skimage photographs, each Lanczos-resampled to each size
     and sent as a JPEG (q90). The vector the service stores on an add comes from the upload; re-embedding computes
-    it from the stored copy (at most ``STORE_MAX_SIDE`` px, JPEG q90). Cosine of the two and top-1 agreement."""
+    it from the stored copy (at most ``STORE_MAX_SIDE`` px, JPEG q90; at 0.04 MP, about 200 px, a second JPEG of the
+    same size). Cosine of the two and top-1 agreement."""
     from bench.decode_bench import PHOTOS, encode, photographs, resampled
     from index.encoding import STORE_MAX_SIDE, encode_for_store
     from index.lifecycle import stored_pixels

@@ -1,5 +1,7 @@
 """The gallery's copy of an image: re-encoded from the decoded pixels (never the uploaded bytes), at most
-``STORE_MAX_SIDE`` pixels on its longer side. The index stores it and the service serves it back
+``STORE_MAX_SIDE`` pixels on its longer side: a JPEG (quality 90), but for small images (at most 256 px) that did not
+come as JPEGs, which stay lossless (PNG). A JPEG upload has lost what it lost already; as a PNG its copy would take
+several times the bytes and the time to write and to read back, for re-embedding. The index stores it and the service serves it back
 (``GET /images/{id}``); ``index.extract`` and the service's uploads make it the same way."""
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
-from model.preprocess import to_rgb
+from model.preprocess import FORMAT_INFO, to_rgb
 
 __all__ = ["STORE_MAX_SIDE", "encode_for_store"]
 
@@ -40,12 +42,14 @@ def _shrink(im: Image.Image, max_side: int) -> Image.Image:
 
 
 def encode_for_store(image: Image.Image, max_side: int = STORE_MAX_SIDE) -> tuple[bytes, str]:
-    """Re-encode decoded pixels for storage and serving (never the uploaded bytes): PNG if small, else JPEG."""
+    """Re-encode decoded pixels for storage and serving (never the uploaded bytes): PNG if small and not decoded
+    from a JPEG (``model.decode`` says which in ``image.info``), else JPEG."""
+    lossy = image.info.get(FORMAT_INFO) == "JPEG"
     im = to_rgb(image)
     if max(im.size) > max_side:
         im = _shrink(im, max_side)
     buf = io.BytesIO()
-    if max(im.size) <= 256:
+    if max(im.size) <= 256 and not lossy:
         im.save(buf, format="PNG", compress_level=1)  # a third of the time of the default level, files a quarter larger
         return buf.getvalue(), ".png"
     im.save(buf, format="JPEG", quality=90)

@@ -41,7 +41,7 @@ from model.decode_cost import (
     png_chunks,
     png_row_bytes,
 )
-from model.preprocess import REDUCED_INFO, to_rgb
+from model.preprocess import FORMAT_INFO, REDUCED_INFO, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ def decode_image(
         if rgb is im:
             rgb = im.copy()
         rgb.info.pop(REDUCED_INFO, None)  # a file's own metadata (a PNG text chunk) must not pose as ours
+        rgb.info[FORMAT_INFO] = fmt  # (the gallery's copy of a JPEG is a JPEG: index.encoding)
         if budget is not None:  # what the RGB image holds stays reserved until it is freed; the rest is free now
             keep = min(reserved, 4 * rgb.size[0] * rgb.size[1])
             budget.hold_while_alive(rgb, keep)

@@ -23,6 +23,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 __all__ = [
+    "FORMAT_INFO",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "REDUCED_INFO",
@@ -41,6 +42,7 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 REDUCED_INFO = "alexnet.reduced"  # Image.info key of a JPEG decoded at a reduced DCT scale (model.decode)
+FORMAT_INFO = "alexnet.format"  # Image.info key: the format the pixels were decoded from (model.decode)
 
 
 @dataclass(frozen=True)
