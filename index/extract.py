@@ -11,6 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -196,17 +197,35 @@ def _costs(ds: Dataset[Item | tuple[str, str]], predictor: Predictor, n: int = 1
 def _build(
     index: ImageIndex, predictor: Predictor, ds: Dataset[Item | tuple[str, str]], batch_size: int, workers: int, progress: bool
 ) -> BuildReport:
+    """One batch is stored (its files and rows made durable) in a writer thread while the model runs on the next,
+    as the DataLoader's workers decode the ones after it; batches are stored in order, one at a time."""
     report = BuildReport()
-    with progress_bar(total=len(ds), desc="fc7", unit="img", disable=not progress) as bar:  # type: ignore[arg-type]
+
+    def store(new: list[NewImage], done: int) -> None:
+        for r in index.add(new):
+            if r.created:
+                report.added += 1
+            else:
+                report.duplicates += 1
+        bar.update(done)
+
+    with (
+        progress_bar(total=len(ds), desc="fc7", unit="img", disable=not progress) as bar,  # type: ignore[arg-type]
+        ThreadPoolExecutor(1, thread_name_prefix="store") as writer,
+    ):
+        pending: Future[None] | None = None
         for items, bad in _batches(ds, batch_size, workers):
             for src, reason in bad:
                 log.warning("skipped %s: %s", src, reason)
             report.skipped.extend(bad)
-            for r in add_images(index, predictor, items):
-                if r.created:
-                    report.added += 1
-                else:
-                    report.duplicates += 1
-            bar.update(len(items) + len(bad))
+            new = []
+            if items:
+                _, fc7 = predictor.forward(torch.stack([it.tensor for it in items]))
+                new = [replace(it.image, vector=v) for v, it in zip(fc7.numpy().astype(np.float32), items, strict=True)]
+            if pending is not None:
+                pending.result()  # (an error in the store stops the build here)
+            pending = writer.submit(store, new, len(items) + len(bad))
+        if pending is not None:
+            pending.result()
     index.save_snapshot()
     return report

@@ -36,7 +36,7 @@ from index.store import (
     check_items,
     check_text,
 )
-from model.files import atomic_write
+from model.files import atomic_write_many
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +271,12 @@ class SQLiteStore(Store):
                 row = db.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
                 return None if row is None else int(row[0])
 
+            files: dict[Path, bytes] = {}  # written together before the commit (model.files.atomic_write_many)
+
             def insert(item: NewImage) -> int:
                 path = self.image_path(item.sha256, item.suffix)
                 if not path.exists():  # an orphan of the same name has the same bytes (same upload, same encoding)
-                    atomic_write(path, item.encoded)
+                    files[path] = item.encoded
                     tx.undo.append(lambda p=path: p.unlink(missing_ok=True))  # type: ignore[misc]
                 column, others = split(item)
                 cur = db.execute(
@@ -288,7 +290,9 @@ class SQLiteStore(Store):
                 db.execute("INSERT INTO changes (op, image_id) VALUES ('add', ?)", (image_id,))
                 return image_id
 
-            return self._add_new(items, stored_id, insert)
+            added = self._add_new(items, stored_id, insert)
+            atomic_write_many(files)
+            return added
 
     def delete(self, image_id: int) -> ImageRecord | None:
         aside: Path | None = None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "fsync_dir", "remove_stale_temps"]
+__all__ = ["atomic_write", "atomic_write_many", "fsync_dir", "remove_stale_temps"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -69,4 +71,44 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], mode: int
         fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _fsync_all(paths: Iterable[Path | str]) -> None:
+    """fsync every path at once from a few threads: the file system commits them together, where one after another
+    each waits for a commit of its own."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(8, thread_name_prefix="fsync")
+    for f in [_pool.submit(fsync_dir, Path(p)) for p in paths]:  # (fsync_dir opens read-only: right for files too)
+        f.result()
+
+
+def atomic_write_many(files: Mapping[Path, bytes], mode: int = 0o644) -> None:
+    """``atomic_write`` for many files at once: each is written to a temporary file, all are made durable together,
+    renamed, and their directories made durable together. A crash leaves each file whole or absent; on an error,
+    nothing this call wrote is left (neither temporary files nor renamed ones)."""
+    temps: dict[Path, str] = {}
+    renamed: list[Path] = []
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                os.fchmod(f.fileno(), mode)
+        _fsync_all(temps.values())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+            renamed.append(path)
+        _fsync_all({p.parent for p in temps})
+    except BaseException:
+        for path, tmp in temps.items():
+            (path if path in renamed else Path(tmp)).unlink(missing_ok=True)
         raise

@@ -127,21 +127,35 @@ def test_compressed_factories_with_deletes(tmp_path: Path, factory: str) -> None
         assert 8 not in [h.id for h in idx.search(item(7).vector, k=40)[0]] and len(idx) == 39
 
 
-def test_failed_write_leaves_store_index_and_files_agreeing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import index.sqlite_store as store_mod
+@pytest.mark.parametrize("fails", ["the second rename", "the directories' fsync"])
+def test_failed_write_leaves_store_index_and_files_agreeing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
+    """The disk fills up half way through writing a batch's files (one file renamed into place, or all of them):
+    neither the rows nor any file of the batch remain, temporary files included."""
+    import model.files as files_mod
 
     with open_index(tmp_path) as idx:
         idx.add([item(i) for i in range(3)])
+        real_replace, real_fsync_all, renames = files_mod.os.replace, files_mod._fsync_all, []
 
-        def disk_full(path: Path, data: bytes) -> None:
-            raise OSError(28, "No space left on device")
+        def replace(src: str, dst: Path) -> None:
+            renames.append(dst)
+            if fails == "the second rename" and len(renames) == 2:
+                raise OSError(28, "No space left on device")
+            real_replace(src, dst)
 
-        monkeypatch.setattr(store_mod, "atomic_write", disk_full)
+        def fsync_all(paths: object) -> None:
+            if fails == "the directories' fsync" and renames:
+                raise OSError(28, "No space left on device")
+            real_fsync_all(paths)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(files_mod.os, "replace", replace)
+        monkeypatch.setattr(files_mod, "_fsync_all", fsync_all)
         with pytest.raises(StoreError, match="No space left"):
             idx.add([item(10), item(11)])
         monkeypatch.undo()
+        assert len(renames) == 2
         assert len(idx) == 3 and idx.index.ntotal == 3 and idx.check() == []
-        assert len(list((tmp_path / "images").rglob("*.png"))) == 3
+        assert len([p for p in (tmp_path / "images").rglob("*") if p.is_file()]) == 3
         (r,) = idx.add([item(10)])  # works again afterwards
         assert r.created and idx.check() == []
 
