@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -27,7 +27,7 @@ from index.store import NewImage
 from model.console import progress as progress_bar
 from model.datasets import fashion_mnist, image_files, read_image
 from model.decode import DEFAULT_MAX_PIXELS, DecodeError
-from model.predictor import CoreSplit, Predictor, usable_cores
+from model.predictor import Predictor, usable_cores
 from model.preprocess import pixels_transform
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ def images_from_source(
 
 
 def _batches(ds: Dataset[Item | tuple[str, str]], batch_size: int, workers: int) -> Iterator[tuple[list[Item], list[tuple[str, str]]]]:
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False,
+                        worker_init_fn=_background if workers else None)  # fmt: skip
     yield from loader
 
 
@@ -167,31 +168,23 @@ def build_index(
     """Embed every image of ``source`` (a folder, a file, or ``fashion-mnist:test``) into ``index``.
 
     ``workers`` processes (default: one per core, at most 2) decode, preprocess and re-encode the stored copy while
-    the model runs; from the cost of a few items, timed here first, the model may leave the workers their cores
-    (``CoreSplit``)."""
+    the model runs, at the lowest priority (``_background``)."""
     if predictor.weights_hash != index.weights_hash:
         raise ValueError(f"weights {predictor.weights_hash[:12]} differ from the index's {index.weights_hash[:12]}")
     ds = images_from_source(source, predictor, data_dir=data_dir, labels_from_folders=labels_from_folders, limit=limit)
     workers = min(2, usable_cores()) if workers is None else workers
-    with CoreSplit(predictor, workers) as split:
-        if workers > 0 and len(ds) > 0:  # type: ignore[arg-type]
-            split.decide(*_costs(ds, predictor))
-        return _build(index, predictor, ds, batch_size, workers, progress)
+    return _build(index, predictor, ds, batch_size, workers, progress)
 
 
-def _costs(ds: Dataset[Item | tuple[str, str]], predictor: Predictor, n: int = 16) -> tuple[float, float]:
-    """Core-seconds per image of a worker's part (decoding, preprocessing, the stored copy) and of the forward pass,
-    from the first ``n`` items."""
-    t = time.perf_counter()
-    items = [it for it in (ds[i] for i in range(min(n, len(ds)))) if isinstance(it, Item)]  # type: ignore[arg-type]
-    decoding = (time.perf_counter() - t) / max(1, len(items))
-    if not items:
-        return decoding, 0.0
-    batch = torch.stack([it.tensor for it in items])
-    predictor.forward(batch)  # (the first pass of a process is slower)
-    t = time.perf_counter()
-    predictor.forward(batch)
-    return decoding, (time.perf_counter() - t) * torch.get_num_threads() / len(items)
+def _background(_: int) -> None:
+    """A DataLoader worker's start: the lowest priority, so that the workers take the cores while the model waits
+    for a batch, not in the middle of its parallel regions, whose threads would all wait for the one they delay.
+    (The model keeps every core: given one core less when decoding was costly, as ``model.predictor.CoreSplit``
+    does for re-embedding, extraction ran slower; bench/RESULTS.md.)"""
+    try:
+        os.nice(19)
+    except OSError:  # not allowed here: the default priority
+        pass
 
 
 def _build(
