@@ -114,7 +114,12 @@ class Settings(BaseSettings):
         "`alexnet_overload_rejections_total`; 0: no bound. A request whose client has hung up before its forward pass is not "
         "computed (`alexnet_abandoned_requests_total`)",
     )
-    batch_wait_ms: float = Field(5.0, ge=0, description="dynamic batching: how long to wait for more requests to join a batch")
+    batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="dynamic batching: how long a batch waits for requests that have not arrived yet (those arriving are waited "
+        "for: ALEXNET_BATCH_WAIT_BUSY_MS); 0: a batch is what has come when the model is free",
+    )
     batch_wait_busy_ms: float = Field(
         30.0, ge=0, description="how long the batcher waits for requests that have arrived and are still decoding (full batches under load)"
     )

@@ -75,26 +75,37 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     line = await reader.readline()
     if not line:
         raise ConnectionResetError("closed before answering")
-    status, length, keep = int(line.split()[1]), 0, True
+    status, length, keep, chunked = int(line.split()[1]), 0, True, False
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
         elif name.strip().lower() == b"connection" and value.strip().lower() == b"close":
             keep = False
-    await reader.readexactly(length)
+        elif name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if not chunked:
+        await reader.readexactly(length)
+        return status, keep
+    while size := int((await reader.readline()).split(b";")[0], 16):  # (some servers stream their answers)
+        await reader.readexactly(size + 2)
+    while await reader.readline() not in (b"\r\n", b""):  # trailers
+        pass
     return status, keep
 
 
 async def load(
-    base: str, route: str, concurrency: int, seconds: float, images: list[bytes], api_key: str | None = None
-) -> dict[str, float]:
+    base: str, route: str, concurrency: int, seconds: float, images: list[bytes], api_key: str | None = None,
+    requests: list[bytes] | None = None,
+) -> dict[str, float]:  # fmt: skip
     """``concurrency`` keep-alive connections, each sending one request after another until time is up.
 
-    The requests are built once, and the client speaks HTTP/1.1 on raw sockets (like wrk), so that
-    the load generator takes little of the two cores the server runs on."""
+    The requests are built once (or given whole: ``requests``, for servers that take another form), and the
+    client speaks HTTP/1.1 on raw sockets (like wrk), so that the load generator takes little of the two cores
+    the server runs on."""
     host, port = httpx.URL(base).host, httpx.URL(base).port
-    requests = [multipart_request(route, im, f"{host}:{port}", api_key) for im in images]
+    if requests is None:
+        requests = [multipart_request(route, im, f"{host}:{port}", api_key) for im in images]
     lat: list[float] = []
     errors = 0
     stop = time.monotonic() + seconds
@@ -170,7 +181,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "ALEXNET_INDEX_DIR": str(Path(tmp) / "index"),
                 "ALEXNET_API_KEY": "bench",
                 "ALEXNET_MAX_BATCH": "16" if batching else "1",
-                "ALEXNET_BATCH_WAIT_MS": "5",
             }
             with running_server(env) as base:
                 if batching:  # the first server fills the index; the second reuses it
