@@ -9,12 +9,13 @@ DATA_DIR ?= data
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev
 
-.PHONY: run test lint typecheck pytest install bench system-deps clean help docker-smoke smoke fuzz
+.PHONY: run test lint typecheck pytest install bench bench-peers system-deps clean help docker-smoke smoke fuzz
 
 help:
 	@echo "make run    - train the default model if needed, build the gallery index, serve on http://127.0.0.1:8000"
 	@echo "make test   - create .venv, install, run ruff, mypy and the whole test suite"
 	@echo "make bench  - run the benchmarks and print their figures (BENCH_ARGS=--quick: under 10 minutes)"
+	@echo "make bench-peers - ONNX Runtime at its best, then TorchServe, Triton and LitServe on the same weights (PEERS_ARGS)"
 	@echo "make docker-smoke - build the image and prove docker compose up end to end (root, Docker engine)"
 	@echo "make fuzz   - fuzz the decoder and the multipart parser with atheris (FUZZ_SECONDS each, default 300)"
 
@@ -53,6 +54,16 @@ smoke:
 bench:
 	$(MAKE) install EXTRAS=dev,bench
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# the peer servers live in their own virtual environment, never in the service's dependencies; it sees the project's
+# (torch and the model code) through a .pth file, so that every server runs the same PyTorch
+PEERS_VENV ?= .venv-peers
+bench-peers:
+	$(MAKE) install EXTRAS=dev,bench
+	@bash docker/system-deps.sh peers
+	@bash bench/peers/setup.sh $(PEERS_VENV) $(BIN)/python
+	$(BIN)/python -m bench.peers.onnx_best
+	$(BIN)/python -m bench.peers --peer-python $(PEERS_VENV)/bin/python $(PEERS_ARGS)
 
 # coverage-guided fuzzing (atheris, the `fuzz` extra): new inputs land in tests/fuzz/corpus, which `make test` replays
 FUZZ_SECONDS ?= 300

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,21 @@ def _raise_open_files_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def open_loop(base: str, route: str, rate: float, seconds: float, images: list[bytes]) -> dict[str, Any]:
+async def open_loop(
+    base: str, route: str, rate: float, seconds: float, images: list[bytes], *,
+    requests: list[bytes] | None = None, memory: Callable[[], float | None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Requests due every 1/``rate`` s on a pool of keep-alive connections (a new one when all are busy).
+    ``requests``: whole requests for a server that takes another form; ``memory``: the server's resident MiB
+    (default: its /metrics).
 
     Like httpx's pool (``keepalive_expiry``, 5 s), the client does not reuse a connection that has sat idle
     longer than the server keeps one open (uvicorn's ``timeout_keep_alive``, 5 s): reusing it would send a
     request into a socket the server is closing, which no server can answer."""
     host, port = httpx.URL(base).host, httpx.URL(base).port
-    requests = [multipart_request(route, im, f"{host}:{port}") for im in images]
+    if requests is None:
+        requests = [multipart_request(route, im, f"{host}:{port}") for im in images]
+    rss_of = memory or (lambda: _rss(base))
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
     statuses: Counter[int | str] = Counter()
     accepted: list[float] = []
@@ -126,7 +134,7 @@ async def open_loop(base: str, route: str, rate: float, seconds: float, images: 
 
     async def sample_memory() -> None:
         while time.perf_counter() - start < seconds:
-            rss.append(await asyncio.to_thread(_rss, base))
+            rss.append(await asyncio.to_thread(rss_of))
             await asyncio.sleep(1.0)
 
     tasks = [asyncio.create_task(sample_memory())]

@@ -4,13 +4,15 @@
 #                         (the shared-gallery tests start their own server)
 #   system-deps.sh data   dataset-fashion-mnist (the default model's data)
 #   system-deps.sh docker docker.io, docker-compose and debootstrap (docker/smoke.sh)
+#   system-deps.sh peers  openjdk-17-jre-headless (TorchServe's frontend, make bench-peers)
 # Installs only as root with apt-get; otherwise prints the command to run and carries on.
 set -u
 case "${1:-test}" in
   test) want=(chromium docker-compose postgresql); need_cmd=(/usr/bin/chromium /usr/bin/docker-compose /usr/lib/postgresql) ;;
   data) want=(dataset-fashion-mnist); need_cmd=(/usr/share/datasets/fashion-mnist) ;;
   docker) want=(docker.io docker-compose debootstrap); need_cmd=(/usr/sbin/dockerd /usr/bin/docker-compose /usr/sbin/debootstrap) ;;
-  *) echo "usage: $0 test|data|docker" >&2; exit 2 ;;
+  peers) want=(openjdk-17-jre-headless); need_cmd=(/usr/bin/java) ;;
+  *) echo "usage: $0 test|data|docker|peers" >&2; exit 2 ;;
 esac
 missing=()
 for i in "${!want[@]}"; do
