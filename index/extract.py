@@ -147,10 +147,15 @@ def add_images(
     """Embed a batch of decoded items and add them (durably) to the index."""
     if not items:
         return []
+    return index.add(_embedded(predictor, items), near_duplicate_threshold=near_duplicate_threshold)
+
+
+def _embedded(predictor: Predictor, items: list[Item]) -> list[NewImage]:
+    """The items' adds with their fc7 vectors, one forward pass."""
+    if not items:
+        return []
     _, fc7 = predictor.forward(torch.stack([it.tensor for it in items]))
-    vectors = fc7.numpy().astype(np.float32)
-    new = [replace(it.image, vector=v) for v, it in zip(vectors, items, strict=True)]
-    return index.add(new, near_duplicate_threshold=near_duplicate_threshold)
+    return [replace(it.image, vector=v) for v, it in zip(fc7.numpy().astype(np.float32), items, strict=True)]
 
 
 def build_index(
@@ -211,10 +216,7 @@ def _build(
             for src, reason in bad:
                 log.warning("skipped %s: %s", src, reason)
             report.skipped.extend(bad)
-            new = []
-            if items:
-                _, fc7 = predictor.forward(torch.stack([it.tensor for it in items]))
-                new = [replace(it.image, vector=v) for v, it in zip(fc7.numpy().astype(np.float32), items, strict=True)]
+            new = _embedded(predictor, items)
             if pending is not None:
                 pending.result()  # (an error in the store stops the build here)
             pending = writer.submit(store, new, len(items) + len(bad))

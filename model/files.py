@@ -94,7 +94,7 @@ def atomic_write_many(files: Mapping[Path, bytes], mode: int = 0o644) -> None:
     renamed, and their directories made durable together. A crash leaves each file whole or absent; on an error,
     nothing this call wrote is left (neither temporary files nor renamed ones)."""
     temps: dict[Path, str] = {}
-    renamed: list[Path] = []
+    renamed: set[Path] = set()
     try:
         for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def atomic_write_many(files: Mapping[Path, bytes], mode: int = 0o644) -> None:
         _fsync_all(temps.values())
         for path, tmp in temps.items():
             os.replace(tmp, path)
-            renamed.append(path)
+            renamed.add(path)
         _fsync_all({p.parent for p in temps})
     except BaseException:
         for path, tmp in temps.items():
