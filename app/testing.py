@@ -54,9 +54,17 @@ class Unavailable(RuntimeError):
 
 
 def make_weights(
-    path: Path, *, num_classes: int = 4, crop: int = 64, seed: int = 0, class_names: tuple[str, ...] | None = None
+    path: Path,
+    *,
+    num_classes: int = 4,
+    crop: int = 64,
+    seed: int = 0,
+    class_names: tuple[str, ...] | None = None,
+    familiar_with: int = 0,
 ) -> WeightsMeta:
-    """A randomly initialised full AlexNet at a small input size (``crop``), saved as a weights file."""
+    """A randomly initialised full AlexNet at a small input size (``crop``), saved as a weights file; with
+    ``familiar_with``, a familiarity score and a temperature (``model.familiarity``) fitted on that many generated
+    shapes (``model.datasets.generated_shapes``, seed 0: half the reference, half held out)."""
     import torch
 
     from model.alexnet import alexnet
@@ -74,7 +82,16 @@ def make_weights(
         preset=Preset.for_crop(crop, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
         recipe={"name": "test-random", "seed": seed},
     )
-    return save_weights(model, meta, path)
+    if not familiar_with:
+        return save_weights(model, meta, path)
+    from dataclasses import replace
+
+    from training.data import open_source
+    from training.export import familiarise
+
+    shapes = open_source(f"generated:{familiar_with}", split="train", size=meta.preset.resize_size)
+    familiarity, temperature = familiarise(model.eval(), meta, shapes, None)
+    return save_weights(model, replace(meta, temperature=temperature), path, familiarity)
 
 
 def image_bytes(seed: int = 0, size: tuple[int, int] = (48, 40), fmt: str = "PNG", mode: str = "RGB") -> bytes:

@@ -36,6 +36,14 @@ def _info(args: argparse.Namespace) -> int:
     c = meta.calibration
     calibrated = f"calibrated on {c.get('images')} images (convolutions in int8)" if c else "not calibrated (`alexnet calibrate`)"
     print(f"int8:          {calibrated}")
+    t, f = meta.temperature, d["familiarity"]
+    print("softmax:       " + (f"temperature {t['value']:.3f} (held-out calibration error {100 * t['ece_before']:.2f}% -> "
+          f"{100 * t['ece_after']:.2f}%)" if t else "temperature 1 (none fitted: `alexnet familiarity`)"))  # fmt: skip
+    familiar = (f"{'+'.join(f['layers'])}, k={f['k']}, {f['reference_images']} reference images, at most "
+                f"{100 * f['false_alarm']:.0f}% false alarms (the {100 * f['threshold_level']:.2f}th percentile of "
+                f"{f['held_out_images']} held-out training images)" if isinstance(f, dict) else
+                "none: answers say the score is unavailable (`alexnet familiarity`)")  # fmt: skip
+    print(f"familiarity:   {familiar}")
     print(f"content hash:  {meta.content_hash}")
     return 0
 

@@ -64,8 +64,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-torchvision": ("model.cli", "convert torchvision's alexnet-owt-*.pth to a weights file"),
     "train": ("training.cli", "train a model with a named recipe"),
     "export": ("training.cli", "write the serving weights file from a checkpoint"),
-    "evaluate": ("training.cli", "top-1/top-5 error of a weights file, single and 10-crop"),
+    "evaluate": ("training.cli", "top-1/top-5 error of a weights file; --familiarity: how well it tells the unfamiliar"),
     "calibrate": ("training.cli", "add int8 calibration to a weights file (ALEXNET_PRECISION=int8)"),
+    "familiarity": ("training.cli", "add the familiarity score and the softmax temperature to a weights file"),
     "index": ("index.cli", "build, add to, search and inspect a similarity index"),
     "model": ("index.models_cli", "stage, compare, activate and retire a gallery's weights (no downtime)"),
     "serve": ("app.cli", "start the HTTP service"),
@@ -131,7 +132,7 @@ class LogProgress:
 
 
 # commands that run forward passes in this process; ``serve`` applies the setting in each worker (app/main.py)
-MODEL_COMMANDS = frozenset({"classify", "train", "evaluate", "calibrate", "index", "model"})
+MODEL_COMMANDS = frozenset({"classify", "train", "evaluate", "calibrate", "familiarity", "index", "model"})
 
 
 def version() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -14,11 +15,12 @@ from PIL import Image
 from torch import Tensor
 
 from model.alexnet import AlexNet, pool5_size
+from model.familiarity import Familiarity, LayerTaps, layers_of
 from model.packed import pack_linears
 from model.preprocess import eval_geometry, eval_transform, normalise_pixels, stack_pixels, ten_crop_geometry, ten_crop_transform
 from model.quantize import PRECISIONS, quantize_fc, quantize_static
 from model.vectors import l2_normalise
-from model.weights import Network, WeightsMeta, load_weights
+from model.weights import Network, WeightsMeta, load_familiarity, load_weights
 
 __all__ = ["CoreSplit", "Prediction", "Predictor", "serving_model", "usable_cores"]
 
@@ -88,19 +90,24 @@ class Predictor:
         model, self.packed_layers = serving_model(
             model, precision=precision, device=device, input_size=meta.preset.crop_size, pack=pack, calibration=meta.calibration
         )
-        self._setup(model, meta, device, max_batch, str(weights))
+        self._setup(model, meta, device, max_batch, str(weights), load_familiarity(weights, meta))
 
     @classmethod
-    def from_model(cls, model: Network, meta: WeightsMeta, device: str = "cpu", max_batch: int = 64) -> Predictor:
+    def from_model(
+        cls, model: Network, meta: WeightsMeta, device: str = "cpu", max_batch: int = 64, familiarity: Familiarity | None = None
+    ) -> Predictor:
         """A Predictor over a network already in memory (e.g. to evaluate before export)."""
         self = cls.__new__(cls)
         self.precision, self.packed_layers = "fp32", 0  # the caller's layers stay as they are (no packing)
-        self._setup(model.eval().to(memory_format=torch.channels_last), meta, device, max_batch, "<memory>")
+        self._setup(model.eval().to(memory_format=torch.channels_last), meta, device, max_batch, "<memory>", familiarity)
         return self
 
-    def _setup(self, model: Network, meta: WeightsMeta, device: str, max_batch: int, path: str) -> None:
+    def _setup(self, model: Network, meta: WeightsMeta, device: str, max_batch: int, path: str, familiarity: Familiarity | None) -> None:
         self.path, self.device, self.max_batch = path, device, max_batch
         self.model, self.meta = model, meta
+        self.temperature = meta.softmax_temperature
+        self.familiarity = familiarity
+        self._taps = LayerTaps(model, familiarity.layers if familiarity else layers_of(model))
         self._input_device = torch.device(device.split(",")[0].strip())
         self._transform = eval_transform(self.meta.preset)
         self._ten_crop = ten_crop_transform(self.meta.preset)
@@ -148,15 +155,31 @@ class Predictor:
                 fc7.append(f7.float().cpu())
         return torch.cat(logits), torch.cat(fc7)
 
-    @staticmethod
-    def outputs(logits: Tensor, fc7: Tensor, *, ten_crop: bool = False) -> tuple[Tensor, Tensor]:
-        """Per image: softmax probabilities and fc7. With ``ten_crop`` the rows are each image's ten crops in
-        ``ten_crop_geometry``'s order: the softmax is averaged over them (section 4.1 of the paper) and fc7
-        is the centre crop's, the one a plain forward sees."""
+    def features(self, batch: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and the features familiarity uses (``model.familiarity.LAYERS``: conv1 and conv3 channel means
+        where the network has them, and fc7) of a batch, as ``forward`` takes it."""
+        with self._taps.recording() as tapped:
+            logits, fc7 = self.forward(batch)
+        return logits, {**tapped, "fc7": fc7}
+
+    def forward_scored(self, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``forward``'s logits and fc7, and each row's familiarity (``model.familiarity``; NaN where the weights
+        carry no familiarity score)."""
+        if self.familiarity is None:
+            logits, fc7 = self.forward(batch)
+            return logits, fc7, torch.full((len(batch),), float("nan"))
+        logits, features = self.features(batch)
+        return logits, features["fc7"], torch.from_numpy(self.familiarity.score(features))
+
+    def outputs(self, logits: Tensor, fc7: Tensor, *, ten_crop: bool = False) -> tuple[Tensor, Tensor]:
+        """Per image: softmax probabilities (at the weights' fitted temperature, ``model.familiarity``) and fc7.
+        With ``ten_crop`` the rows are each image's ten crops in ``ten_crop_geometry``'s order: the softmax is
+        averaged over them (section 4.1 of the paper) and fc7 is the centre crop's, the one a plain forward sees."""
+        probs = (logits / self.temperature).softmax(dim=1)
         if not ten_crop:
-            return logits.softmax(dim=1), fc7
+            return probs, fc7
         n = logits.shape[0] // 10
-        return logits.softmax(dim=1).view(n, 10, -1).mean(dim=1), fc7.view(n, 10, -1)[:, 4]
+        return probs.view(n, 10, -1).mean(dim=1), fc7.view(n, 10, -1)[:, 4]
 
     def probabilities(self, batch: Tensor) -> Tensor:
         """Softmax over classes; for a (N, 10, ...) batch the ten crops' softmax is averaged."""
@@ -199,8 +222,17 @@ def describe(meta: WeightsMeta) -> dict[str, object]:
         "recipe": meta.recipe,
         "metrics": meta.metrics,
         "int8_calibrated": bool(meta.calibration),
+        "temperature": meta.temperature or None,
+        "familiarity": _familiarity_summary(meta.familiarity),
         "content_hash": meta.content_hash,
     }
+
+
+def _familiarity_summary(text: str) -> dict[str, object] | None:
+    """The familiarity metadata without its percentile table, or None where the file has none."""
+    if not text:
+        return None
+    return {k: v for k, v in json.loads(text).items() if k != "quantiles"}
 
 
 def usable_cores() -> int:

@@ -5,9 +5,11 @@ A weights file holds the tensors and, as safetensors string metadata:
 input size, resize, mean/std, PCA lighting statistics), ``recipe`` (JSON: the
 training configuration), ``metrics`` (JSON: measured accuracy) and
 ``content_hash`` (SHA-256 over tensor names, dtypes, shapes and bytes) and, where measured,
-``int8_calibration`` (JSON: activation ranges for int8 serving, ``model.quantize.calibrate``).
-Loading recomputes the hash, so a tampered or truncated file is refused with a
-message that names it.
+``int8_calibration`` (JSON: activation ranges for int8 serving, ``model.quantize.calibrate``), ``temperature``
+(JSON: the fitted softmax temperature and the calibration error it leaves) and ``familiarity`` (JSON: the fitted
+familiarity score, ``model.familiarity``, whose reference sample is stored as ``familiarity.*`` tensors that the
+content hash leaves out, so that adding them changes no gallery's weights). Loading recomputes the hash, so a
+tampered or truncated file is refused with a message that names it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from model.alexnet import AlexNet, AlexNetConfig
+from model.familiarity import TENSOR_PREFIX, Familiarity
 from model.files import atomic_write
 from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preset
 
@@ -36,6 +39,7 @@ __all__ = [
     "build_model",
     "content_hash",
     "import_torchvision",
+    "load_familiarity",
     "load_weights",
     "read_meta",
     "save_weights",
@@ -59,6 +63,12 @@ class WeightsMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     content_hash: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)  # int8 activation ranges; {} when not calibrated
+    temperature: dict[str, Any] = field(default_factory=dict)  # {"value": T, ...} (model.familiarity); {} when not fitted
+    familiarity: str = ""  # model.familiarity.Familiarity.metadata(); "" when the file has none
+
+    @property
+    def softmax_temperature(self) -> float:
+        return float(self.temperature.get("value", 1.0))
 
     @property
     def num_classes(self) -> int:
@@ -78,6 +88,8 @@ class WeightsMeta:
             "metrics": json.dumps(self.metrics),
             "content_hash": self.content_hash,
             **({"int8_calibration": json.dumps(self.calibration)} if self.calibration else {}),
+            **({"temperature": json.dumps(self.temperature)} if self.temperature else {}),
+            **({"familiarity": self.familiarity} if self.familiarity else {}),
         }
 
     @classmethod
@@ -93,15 +105,18 @@ class WeightsMeta:
                 metrics=json.loads(md.get("metrics", "{}")),
                 content_hash=md.get("content_hash", ""),
                 calibration=json.loads(md.get("int8_calibration", "{}")),
+                temperature=json.loads(md.get("temperature", "{}")),
+                familiarity=md.get("familiarity", ""),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise WeightsError(f"{source}: unreadable metadata ({type(e).__name__}: {e})") from e
 
 
 def content_hash(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 over sorted tensor names, dtypes, shapes and raw bytes."""
+    """SHA-256 over sorted tensor names, dtypes, shapes and raw bytes of the network's tensors (not the
+    ``familiarity.*`` reference sample)."""
     h = hashlib.sha256()
-    for name in sorted(tensors):
+    for name in sorted(k for k in tensors if not k.startswith(TENSOR_PREFIX)):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -119,11 +134,18 @@ def build_model(meta: WeightsMeta, **config: Any) -> Network:
     raise WeightsError(f"unknown architecture {meta.architecture!r}; known: {', '.join(ARCHITECTURES)}")
 
 
-def save_weights(model: nn.Module, meta: WeightsMeta, path: str | os.PathLike[str]) -> WeightsMeta:
-    """Write ``model``'s weights atomically (temp file, fsync, rename); returns meta with its hash."""
+def save_weights(model: nn.Module, meta: WeightsMeta, path: str | os.PathLike[str], familiarity: Familiarity | None = None) -> WeightsMeta:
+    """Write ``model``'s weights atomically (temp file, fsync, rename), with ``familiarity``'s reference sample when
+    given; returns meta with its hash. ``meta.familiarity`` without ``familiarity`` is an error: the file would
+    describe a reference sample it does not hold."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta = replace(meta, content_hash=content_hash(tensors))
+    if familiarity is not None:
+        meta = replace(meta, familiarity=familiarity.metadata())
+        tensors.update(familiarity.tensors())
+    elif meta.familiarity:
+        raise WeightsError(f"{path}: the metadata describes a familiarity reference sample, but none was given to write")
     outputs = _num_outputs(tensors, meta.architecture)
     if len(meta.class_names) != outputs:
         raise WeightsError(f"{path}: {len(meta.class_names)} class names for a model with {outputs} outputs")
@@ -176,6 +198,7 @@ def load_weights(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Net
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: truncated or corrupt tensor data ({e})") from e
     actual = content_hash(tensors)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(TENSOR_PREFIX)}
     if actual != meta.content_hash:
         raise WeightsError(
             f"{path}: content hash mismatch (file says {meta.content_hash[:12] or 'none'}, tensors hash to {actual[:12]}); "
@@ -197,6 +220,19 @@ def load_weights(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Net
     model.eval()
     model.place(device)  # type: ignore[operator]
     return model, meta
+
+
+def load_familiarity(path: str | os.PathLike[str], meta: WeightsMeta | None = None) -> Familiarity | None:
+    """The familiarity score stored in a weights file, or None where it has none."""
+    meta = meta or read_meta(path)
+    if not meta.familiarity:
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(TENSOR_PREFIX)}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: truncated or corrupt tensor data ({e})") from e
+    return Familiarity.from_file(meta.familiarity, tensors, str(path))
 
 
 def import_torchvision(pth: str | os.PathLike[str], out: str | os.PathLike[str]) -> WeightsMeta:

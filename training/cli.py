@@ -73,14 +73,18 @@ def _export(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
     from training.recipes import TrainConfig
 
-    source = calibration = None
+    source = calibration = held_out = None
     if not (args.no_eval and args.no_calibrate):  # (the checkpoint is read again by the export: only when needed)
         cfg = TrainConfig.from_dict(load_checkpoint(args.checkpoint)["config"])
         size = cfg.resize_size or Preset.for_crop(cfg.crop_size).resize_size
         data_dir = _data_dir(args, cfg.data, cfg.data_dir)
         source = None if args.no_eval else open_source(cfg.data, split="val", data_dir=data_dir, size=size)
-        calibration = None if args.no_calibrate else open_source(cfg.data, split="train", data_dir=data_dir, size=size)
-    meta = export_checkpoint(args.checkpoint, args.out, evaluate_on=source, ten_crop=args.ten_crop, calibrate_with=calibration)
+        if not args.no_calibrate:
+            calibration = open_source(cfg.data, split="train", data_dir=data_dir, size=size, holdout=cfg.holdout)
+            held_out = open_source(cfg.data, split="holdout", data_dir=data_dir, size=size, holdout=cfg.holdout) if cfg.holdout else None
+    meta = export_checkpoint(
+        args.checkpoint, args.out, evaluate_on=source, ten_crop=args.ten_crop, calibrate_with=calibration, held_out=held_out
+    )
     print(f"wrote {args.out}: {meta.num_classes} classes, hash {meta.short_hash}, metrics {json.dumps(meta.metrics)}")
     return 0
 
@@ -97,6 +101,29 @@ def _calibrate(args: argparse.Namespace) -> int:
     ranges = meta.calibration["ranges"]
     print(f"{args.weights}: int8 calibration from {meta.calibration['images']} images of {args.data} ({len(ranges)} ranges); "
           f"hash {meta.short_hash} unchanged; serve it with ALEXNET_PRECISION=int8")  # fmt: skip
+    return 0
+
+
+def _familiarity(args: argparse.Namespace) -> int:
+    from model.weights import read_meta
+    from training.data import open_source
+    from training.export import familiarise_weights
+
+    meta = read_meta(args.weights)
+    holdout = args.holdout if args.holdout is not None else int(meta.recipe.get("holdout", 0) or 0)
+    data = args.data or str(meta.recipe.get("data") or "fashion-mnist")
+    data_dir = _data_dir(args, data, args.data_dir)
+    size, names = meta.preset.resize_size, meta.class_names
+    train = open_source(data, split="train", data_dir=data_dir, size=size, class_names=names, holdout=holdout)
+    held = open_source(data, split="holdout", data_dir=data_dir, size=size, class_names=names, holdout=holdout) if holdout else None
+    meta = familiarise_weights(args.weights, train, held, args.references)
+    t = meta.temperature
+    fam = json.loads(meta.familiarity)
+    print(f"{args.weights}: familiarity from {min(args.references, len(train))} reference images of {data}, threshold at the "
+          f"{100 * fam['threshold_level']:.2f}th percentile (at most {100 * fam['false_alarm']:.0f}% false alarms) of {t['images']} "
+          f"{'training images it was trained on (none were held out)' if held is None else 'held-out training images'}; "
+          f"softmax temperature {t['value']:.3f} (calibration error {100 * t['ece_before']:.2f}% -> {100 * t['ece_after']:.2f}%); "
+          f"hash {meta.short_hash} unchanged")  # fmt: skip
     return 0
 
 
@@ -121,8 +148,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.confusion:
         confusion_png(results[0]["confusion"], predictor.class_names, args.confusion, title=f"{args.weights.name} on {args.data}")
         print(f"confusion matrix: {args.confusion}")
+    familiarity = None
+    if args.familiarity:
+        from training.ood import evaluate_familiarity, format_table
+
+        familiarity = evaluate_familiarity(predictor, source, limit=args.limit)
+        print(format_table(familiarity))
     if args.json:
-        print(json.dumps([{k: v for k, v in r.items() if k != "confusion"} for r in results], indent=2))
+        print(json.dumps([{k: v for k, v in r.items() if k != "confusion"} for r in results] +
+                         ([{"familiarity": familiarity}] if familiarity else []), indent=2))  # fmt: skip
     return 0
 
 
@@ -177,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--no-eval", action="store_true", help="skip measuring accuracy on the held-out split")
     p.add_argument("--ten-crop", action="store_true")
-    p.add_argument("--no-calibrate", action="store_true", help="skip the int8 calibration on training images")
+    p.add_argument(
+        "--no-calibrate", action="store_true", help="skip the int8 calibration, the softmax temperature and the familiarity score"
+    )
     p.set_defaults(func=_export)
     p = sub.add_parser(
         "calibrate",
@@ -190,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory holding Fashion-MNIST's four IDX files (default: the Debian package's)")
     p.add_argument("--images", type=int, default=512, help="calibration images (default: 512)")
     p.set_defaults(func=_calibrate)
+    p = sub.add_parser(
+        "familiarity",
+        help="add the familiarity score and the softmax temperature to a weights file, in place (hash unchanged)",
+        description="Keeps features of a reference sample of training images in the weights file and fits, on training "
+        "images held out of training, the score's threshold (5%% of them called unfamiliar) and the softmax temperature. "
+        "`alexnet export` does this for the models this project trains; this adds it to others (imported weights, with "
+        "an image folder of their classes).",
+    )
+    p.add_argument("weights", type=Path)
+    p.add_argument("--data", help="fashion-mnist, generated[:N], or an image folder with the model's classes (default: the recipe's)")
+    p.add_argument("--data-dir", help="directory holding Fashion-MNIST's four IDX files (default: the Debian package's)")
+    p.add_argument(
+        "--holdout", type=int, help="training images the model was not trained on, as `alexnet train` held them out (default: the recipe's)"
+    )
+    p.add_argument("--references", type=int, default=2000, help="reference images kept in the file (default: 2000)")
+    p.set_defaults(func=_familiarity)
     p = sub.add_parser("evaluate", help="top-1/top-5 error of a weights file")
     p.add_argument("weights", type=Path)
     p.add_argument("--data", default="fashion-mnist")
@@ -198,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--ten-crop", action="store_true")
     p.add_argument("--confusion", type=Path, help="write a confusion-matrix PNG here")
+    p.add_argument(
+        "--familiarity",
+        action="store_true",
+        help="also measure the familiarity score (AUROC and flagged share against photo crops, digits, generated "
+        "textures, text and noise, and the test set upside down) and the calibration error before and after the temperature",
+    )
     p.add_argument("--limit", type=int)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")

@@ -32,7 +32,7 @@ from model.preprocess import resize_shorter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FolderSource", "Source", "TensorSource", "open_source"]
+__all__ = ["FolderSource", "Source", "TensorSource", "holdout_split", "open_source"]
 
 
 class Source:
@@ -210,16 +210,42 @@ class FolderSource(Source):
         return self.files[i][1]
 
 
+def holdout_split(n: int, holdout: int, split: str) -> list[int]:
+    """The indices of the training images that ``split`` ("train" or "holdout") keeps when ``holdout`` of ``n`` are held
+    out: a fixed random choice (seed 0), in the data set's order."""
+    if not 0 <= holdout < n:
+        raise DataError(f"cannot hold out {holdout} of {n} training images")
+    held = set(np.random.default_rng(0).permutation(n)[n - holdout :].tolist()) if holdout else set()
+    return [i for i in range(n) if (i in held) == (split == "holdout")]
+
+
 def open_source(
-    spec: str, *, split: str, data_dir: str | Path | None = None, size: int, class_names: tuple[str, ...] | None = None, workers: int = 2
+    spec: str,
+    *,
+    split: str,
+    data_dir: str | Path | None = None,
+    size: int,
+    class_names: tuple[str, ...] | None = None,
+    workers: int = 2,
+    holdout: int = 0,
 ) -> Source:
-    """``fashion-mnist``, ``generated[:N]``, or a folder path (``DIR``, with ``DIR/train`` and ``DIR/val`` if present)."""
-    if spec == "fashion-mnist":
-        return TensorSource.of(fashion_mnist(data_dir, "test" if split in ("val", "test") else "train")).at_size(size)
-    if spec.startswith("generated"):
-        n = int(spec.split(":", 1)[1]) if ":" in spec else 256
-        shapes = generated_shapes(n=n if split == "train" else max(32, n // 4), seed=0 if split == "train" else 1)
-        return TensorSource.of(shapes).at_size(size)
+    """``fashion-mnist``, ``generated[:N]``, or a folder path (``DIR``, with ``DIR/train`` and ``DIR/val`` if present).
+    With ``holdout``, split "train" leaves out that many training images and split "holdout" is exactly those."""
+    part = "train" if split == "holdout" else split
+    if spec == "fashion-mnist" or spec.startswith("generated"):
+        if spec == "fashion-mnist":
+            images: ImageSet = fashion_mnist(data_dir, "test" if part in ("val", "test") else "train")
+        else:
+            n = int(spec.split(":", 1)[1]) if ":" in spec else 256
+            images = generated_shapes(n=n if part == "train" else max(32, n // 4), seed=0 if part == "train" else 1)
+        if part == "train" and (holdout or split == "holdout"):
+            keep = torch.tensor(holdout_split(len(images.labels), holdout, split))
+            images = ImageSet(images.originals[keep], images.labels[keep], images.class_names)
+        return TensorSource.of(images).at_size(size)
     root = Path(spec)
-    sub = root / split if (root / split).is_dir() else root / "val" if split == "test" and (root / "val").is_dir() else root
-    return FolderSource(sub, class_names=class_names, workers=workers).at_size(size)
+    sub = root / part if (root / part).is_dir() else root / "val" if part == "test" and (root / "val").is_dir() else root
+    source = FolderSource(sub, class_names=class_names, workers=workers).at_size(size)
+    if part == "train" and (holdout or split == "holdout"):
+        source = copy.copy(source)
+        source.files = [source.files[i] for i in holdout_split(len(source.files), holdout, split)]
+    return source

@@ -43,6 +43,9 @@ class TrainConfig:
     channels_last: bool = True  # faster convolutions on oneDNN (CPU) and cuDNN (GPU)
     workers: int = 2  # decoding processes for folder data sets
     max_train_images: int | None = None  # use only the first N training images (quick trials)
+    # training images kept out of training (a fixed random choice, open_source's "holdout" split): the export fits the
+    # softmax temperature and the familiarity threshold on them (model.familiarity)
+    holdout: int = 0
     max_steps: int | None = None  # stop after N optimiser steps (tests)
     eval_ten_crop: bool = False  # also report 10-crop error at export
 
@@ -83,6 +86,7 @@ RECIPES: dict[str, TrainConfig] = {
         warmup_steps=200,
         label_smoothing=0.1,
         bias_init=0.1,
+        holdout=5000,
     ),
     # A few seconds on generated data, for tests and smoke runs.
     "tiny": TrainConfig(

@@ -30,7 +30,7 @@ from training import parallel
 from training.augment import augment_batch, pca_stats
 from training.averaging import WeightAverage
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.data import open_source
+from training.data import Source, open_source
 from training.evaluate import evaluate
 from training.losses import FC7Tap, supcon_loss
 from training.metrics import MetricsLog
@@ -62,7 +62,9 @@ class Trainer:
         self.progress_bar = progress and self.is_main
         torch.manual_seed(cfg.seed)
 
-        self.train_src = open_source(cfg.data, split="train", data_dir=cfg.data_dir, size=_resize_for(cfg), workers=cfg.workers)
+        self.train_src = open_source(
+            cfg.data, split="train", data_dir=cfg.data_dir, size=_resize_for(cfg), workers=cfg.workers, holdout=cfg.holdout
+        )
         if cfg.max_train_images:
             self.train_src = self.train_src.subset(cfg.max_train_images).at_size(_resize_for(cfg))  # type: ignore[attr-defined]
         self.val_src = open_source(
@@ -264,6 +266,16 @@ class Trainer:
     def finished(self) -> bool:
         return self.schedule.progress(self.step, self.elapsed) >= 1.0 or self.epoch >= self.cfg.epochs
 
+    def held_out_source(self) -> Source | None:
+        """The training images the recipe kept out of training (``TrainConfig.holdout``), or None."""
+        cfg = self.cfg
+        if not cfg.holdout:
+            return None
+        return open_source(
+            cfg.data, split="holdout", data_dir=cfg.data_dir, size=_resize_for(cfg), class_names=self.class_names,
+            workers=cfg.workers, holdout=cfg.holdout,
+        )  # fmt: skip
+
     def fit(self) -> list[dict[str, Any]]:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -340,6 +352,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, export: bool = True, progre
             evaluate_on=trainer.val_src,
             ten_crop=cfg.eval_ten_crop,
             calibrate_with=trainer.train_src,
+            held_out=trainer.held_out_source(),
         )
         if trainer.metrics:
             trainer.metrics.plot()

@@ -8,8 +8,9 @@ from PIL import Image
 
 from model.datasets import DataError
 from model.predictor import Predictor
-from model.weights import WeightsError, load_weights, read_meta
+from model.weights import WeightsError, load_familiarity, load_weights, read_meta
 from training.checkpoint import load_checkpoint
+from training.cli import main
 from training.metrics import MetricsLog
 from training.recipes import recipe
 from training.train import Trainer, train
@@ -37,6 +38,21 @@ def test_tiny_run_produces_weights_that_beat_chance(tmp_path: Path) -> None:
     for name in ("metrics.csv", "metrics.jsonl", "curves.png", "config.json", "checkpoint.pt"):
         assert (tmp_path / name).is_file(), name
     assert Image.open(tmp_path / "curves.png").size[0] > 500
+
+
+def test_held_out_images_are_not_trained_on_and_fit_the_temperature_and_the_score(tmp_path: Path) -> None:
+    trainer = train(tiny(tmp_path, holdout=64), progress=False)
+    assert len(trainer.train_src) == 192  # generated:256 less the 64 held out
+    meta = read_meta(tmp_path / "model.safetensors")
+    assert meta.temperature["images"] == 64 and meta.temperature["held_out_trained_on"] is False
+    assert meta.temperature["nll_after"] <= meta.temperature["nll_before"]  # the fitted T is the NLL's minimum, T = 1 included
+    fam = load_familiarity(tmp_path / "model.safetensors")
+    assert fam is not None and fam.info["held_out_images"] == 64 and fam.info["reference_images"] == 192
+    assert fam.layers == ("conv1", "conv3", "fc7")
+    # `alexnet familiarity` refits the same way in place and leaves the hash alone
+    assert main(["familiarity", str(tmp_path / "model.safetensors")]) == 0
+    again = read_meta(tmp_path / "model.safetensors")
+    assert again.content_hash == meta.content_hash and again.temperature["value"] == pytest.approx(meta.temperature["value"])
 
 
 def test_resume_gives_the_same_parameters(tmp_path: Path) -> None:
@@ -87,8 +103,6 @@ def test_unknown_recipe_and_missing_resume_fail_clearly(tmp_path: Path) -> None:
 
 
 def test_export_cli_writes_loadable_weights(tmp_path: Path) -> None:
-    from training.cli import main
-
     train(tiny(tmp_path, max_steps=2), export=False, progress=False)
     out = tmp_path / "exported.safetensors"
     assert main(["export", str(tmp_path / "checkpoint.pt"), str(out)]) == 0
@@ -102,7 +116,6 @@ def test_export_cli_writes_loadable_weights(tmp_path: Path) -> None:
 def test_calibrate_cli_adds_int8_ranges_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from model.predictor import Predictor
     from model.quantize import Int8ConvBlock
-    from training.cli import main
 
     train(tiny(tmp_path, max_steps=2), export=False, progress=False)
     out = tmp_path / "plain.safetensors"
