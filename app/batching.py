@@ -40,13 +40,13 @@ T = TypeVar("T")
 __all__ = ["BatchStats", "Batcher"]
 
 
-Forward = Callable[[Tensor], tuple[Tensor, Tensor]]
+Forward = Callable[[Tensor], tuple[Tensor, ...]]  # row-aligned outputs: logits, fc7 (and familiarity)
 
 
 @dataclass
 class _Job:
     images: Tensor  # (n, 3, S, S)
-    future: asyncio.Future[tuple[Tensor, Tensor]]
+    future: asyncio.Future[tuple[Tensor, ...]]
     forward: Forward | None = None  # another network than the batcher's (the served one while weights switch, or staged ones)
 
 
@@ -59,7 +59,7 @@ class BatchStats:
 class Batcher:
     def __init__(
         self,
-        forward: Callable[[Tensor], tuple[Tensor, Tensor]],
+        forward: Forward,
         *,
         max_batch: int = 16,
         max_wait_s: float = 0.005,
@@ -104,7 +104,7 @@ class Batcher:
                 job.future.set_exception(RuntimeError("the service is shutting down"))
         self._executor.shutdown(wait=True)
 
-    def _forward(self, batch: Tensor, forward: Forward | None = None) -> tuple[Tensor, Tensor]:
+    def _forward(self, batch: Tensor, forward: Forward | None = None) -> tuple[Tensor, ...]:
         self._idle.clear()
         try:
             return (forward or self.forward)(batch)
@@ -122,13 +122,14 @@ class Batcher:
 
         return await run_in_threadpool(gated)
 
-    async def submit(self, images: Tensor, forward: Forward | None = None) -> tuple[Tensor, Tensor]:
-        """Logits (n, classes) and fc7 (n, 4096) for a preprocessed (n, 3, S, S) batch, from ``forward`` (default:
-        the batcher's own). Jobs of one network are batched together; each network's batch runs on its own."""
+    async def submit(self, images: Tensor, forward: Forward | None = None) -> tuple[Tensor, ...]:
+        """Logits (n, classes) and fc7 (n, 4096), and whatever else ``forward`` gives row by row, for a preprocessed
+        (n, 3, S, S) batch, from ``forward`` (default: the batcher's own). Jobs of one network are batched together;
+        each network's batch runs on its own."""
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
         self.admission.enqueue(len(images))  # (Overloaded when the queue would overflow)
-        future: asyncio.Future[tuple[Tensor, Tensor]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Tensor, ...]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(images, future, None if forward == self._own else forward))
         return await future
 
@@ -172,7 +173,7 @@ class Batcher:
         batch = torch.cat([j.images for j in jobs])
         started = time.perf_counter()
         try:
-            logits, fc7 = await loop.run_in_executor(self._executor, self._forward, batch, forward)
+            outputs = await loop.run_in_executor(self._executor, self._forward, batch, forward)
         except Exception as e:  # hand the error to every waiting request
             for j in jobs:
                 if not j.future.done():
@@ -186,5 +187,5 @@ class Batcher:
         for j in jobs:
             n = len(j.images)
             if not j.future.done():
-                j.future.set_result((logits[start : start + n], fc7[start : start + n]))
+                j.future.set_result(tuple(o[start : start + n] for o in outputs))
             start += n

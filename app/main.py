@@ -188,7 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retry = asyncio.get_running_loop().create_task(retry_open_index(state))
         if state.predictor is not None:
             state.batcher = Batcher(
-                state.predictor.forward,
+                state.predictor.forward_scored,
                 max_batch=settings.max_batch,
                 max_wait_s=settings.batch_wait_ms / 1000,
                 max_wait_busy_s=settings.batch_wait_busy_ms / 1000,

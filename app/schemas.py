@@ -32,9 +32,22 @@ class Prediction(BaseModel):
     probability: float = Field(ge=0, le=1)
 
 
-class ClassifyResult(BaseModel):
+FAMILIARITY = (
+    "how familiar the picture is to the model: the share of held-out training images less familiar than it, by deep "
+    "nearest neighbours over conv1, conv3 and fc7 (0.5: a typical training image; near 0: unlike anything the model "
+    "was trained on); null where the weights carry no familiarity score"
+)
+FAMILIAR = "false: the picture is unlike the model's training images and its labels mean little; null where there is no score"
+
+
+class Familiarity(BaseModel):
+    familiarity: float | None = Field(None, ge=0, le=1, description=FAMILIARITY)
+    familiar: bool | None = Field(None, description=FAMILIAR)
+
+
+class ClassifyResult(Familiarity):
     filename: str | None
-    predictions: list[Prediction] = Field(description="top-k, most probable first")
+    predictions: list[Prediction] = Field(description="top-k, most probable first (probabilities at the fitted temperature)")
 
 
 class ClassifyResponse(BaseModel):
@@ -63,7 +76,7 @@ class SimilarHit(BaseModel):
         )
 
 
-class SimilarQuery(BaseModel):
+class SimilarQuery(Familiarity):
     filename: str | None = Field(description="the uploaded file's name (null for a stored image)")
     count: int
     results: list[SimilarHit] = Field(description="most similar first")

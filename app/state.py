@@ -74,6 +74,7 @@ class Inferred:
     fields: dict[str, str]  # the request's text fields
     probs: torch.Tensor  # (n, classes) softmax (averaged over the ten crops with ten_crop)
     fc7: torch.Tensor  # (n, 4096), of the centre crop with ten_crop
+    familiarity: torch.Tensor  # (n,) percentile among held-out training images (model.familiarity); NaN: no score
 
 
 @dataclass
@@ -94,11 +95,13 @@ class ServedModel:
         """Decoding and other CPU work of a request, kept out of the forward passes (see app/batching.py)."""
         return await self.batcher.run_between_forwards(fn, *args, **kwargs)
 
-    async def infer(self, batch: torch.Tensor, *, ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probabilities (n, classes) and fc7 (n, 4096) of uint8 pixels from ``Predictor.pixels`` (normalised once per
-        batch inside the forward; ``Predictor.outputs`` combines ten crops)."""
-        logits, fc7 = await self.batcher.submit(batch.flatten(0, 1) if ten_crop else batch, self.predictor.forward)
-        return Predictor.outputs(logits, fc7, ten_crop=ten_crop)
+    async def infer(self, batch: torch.Tensor, *, ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Probabilities (n, classes), fc7 (n, 4096) and familiarity (n,) of uint8 pixels from ``Predictor.pixels``
+        (normalised once per batch inside the forward; ``Predictor.outputs`` combines ten crops; familiarity is the
+        centre crop's, like fc7)."""
+        logits, fc7, familiarity = await self.batcher.submit(batch.flatten(0, 1) if ten_crop else batch, self.predictor.forward_scored)
+        probs, fc7 = self.predictor.outputs(logits, fc7, ten_crop=ten_crop)
+        return probs, fc7, familiarity.view(-1, 10)[:, 4] if ten_crop else familiarity
 
     async def embed_others(self, copies: list[tuple[bytes, str]]) -> list[dict[str, np.ndarray]]:
         """For each stored copy, its fc7 vector under each of the gallery's other weights (staged, retired), computed
@@ -106,7 +109,7 @@ class ServedModel:
         out: list[dict[str, np.ndarray]] = [{} for _ in copies]
         for weights, other in self.others.items():
             pixels = await self.cpu_work(lambda o=other: torch.cat([stored_pixels(o, c) for c in copies]))  # type: ignore[misc]
-            _, fc7 = await self.batcher.submit(pixels, other.forward)
+            _, fc7, *_ = await self.batcher.submit(pixels, other.forward)
             for row, vector in zip(out, fc7.numpy(), strict=True):
                 row[weights] = vector.copy()
         return out
@@ -153,8 +156,16 @@ class ServedModel:
                 check_fields(fields)
             if await request.is_disconnected():  # nobody would read the answer: leave the network to those who will
                 raise ClientGone
-            probs, fc7 = await self.infer(torch.cat([u.prepared.pixels for u in uploads]), ten_crop=ten_crop)
-        return Inferred(uploads, fields, probs, fc7)
+            probs, fc7, familiarity = await self.infer(torch.cat([u.prepared.pixels for u in uploads]), ten_crop=ten_crop)
+        return Inferred(uploads, fields, probs, fc7, familiarity)
+
+    def familiarity(self, done: Inferred) -> list[dict[str, Any]]:
+        """Per upload, the ``familiarity`` and ``familiar`` fields of its answer (None and None without a score)."""
+        scorer = self.predictor.familiarity
+        if scorer is None:
+            return [{"familiarity": None, "familiar": None} for _ in done.uploads]
+        values = done.familiarity.numpy()
+        return [{"familiarity": round(float(v), 4), "familiar": bool(f)} for v, f in zip(values, scorer.familiar(values), strict=True)]
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[list[Prediction]]:
         return [

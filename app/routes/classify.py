@@ -34,5 +34,8 @@ async def classify(
     return ClassifyResponse(
         model=info,
         ten_crop=ten_crop,
-        results=[ClassifyResult(filename=u.filename, predictions=r) for u, r in zip(done.uploads, rows, strict=True)],
+        results=[
+            ClassifyResult(filename=u.filename, predictions=r, **f)
+            for u, r, f in zip(done.uploads, rows, model.familiarity(done), strict=True)
+        ],
     )

@@ -65,8 +65,8 @@ async def similar(request: Request, model: ModelDep, index: IndexDep, search: Se
     hits = await search.run(index, done.fc7.numpy())
     top = model.top_k(done.probs, min(5, model.info.num_classes))
     queries = [
-        SimilarQuery(filename=u.filename, count=len(h), results=_hits(h), predictions=p)
-        for u, h, p in zip(done.uploads, hits, top, strict=True)
+        SimilarQuery(filename=u.filename, count=len(h), results=_hits(h), predictions=p, **f)
+        for u, h, p, f in zip(done.uploads, hits, top, model.familiarity(done), strict=True)
     ]
     return SimilarResponse(model=model.info, count=queries[0].count, results=queries[0].results, queries=queries)
 

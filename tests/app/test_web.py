@@ -10,6 +10,7 @@ import pytest
 
 from app.testing import ROOT, image_bytes, make_weights, running_server
 from tests.app.conftest import API_KEY
+from training.data import open_source
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -25,10 +26,12 @@ def test_upload_shows_top5_and_similar_images(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     weights = tmp_path / "w10.safetensors"
-    make_weights(weights, num_classes=10)
+    make_weights(weights, num_classes=10, familiar_with=96)  # random pixels are unlike the generated shapes it knows
     env = {"ALEXNET_WEIGHTS": str(weights), "ALEXNET_INDEX_DIR": str(tmp_path / "index"), "ALEXNET_API_KEY": API_KEY}
     picture = tmp_path / "picture.png"
     picture.write_bytes(image_bytes(11, size=(120, 90)))
+    shape = tmp_path / "shape.png"
+    open_source("generated:96", split="train", size=36).pil_image(0).save(shape)
     with running_server(env, log=tmp_path / "server.log") as base:
         for seed in range(6):
             r = httpx.post(
@@ -89,8 +92,20 @@ def test_upload_shows_top5_and_similar_images(tmp_path: Path) -> None:
                     " return i && i.complete && i.naturalWidth > 0; }",
                     timeout=30_000,
                 )
+                # the picture is unlike anything the model knows: the page says so beside its labels and its neighbours
+                note = page.locator("#unfamiliar")
+                assert note.is_visible() and "Unfamiliar picture" in note.inner_text() and "10 classes" in note.inner_text()
+                assert page.locator("#unfamiliar-similar").is_visible()
+                assert page.locator("#familiarity").inner_text().startswith("Familiarity 0.0")
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+                # a picture it knows (one of the shapes its score was fitted on) gets no note
+                page.set_input_files("#file", str(shape))
+                page.wait_for_function(
+                    "() => document.getElementById('familiarity').textContent.startsWith('Familiarity ')"
+                    " && !document.getElementById('familiarity').textContent.startsWith('Familiarity 0.0')"
+                )
+                assert page.locator("#unfamiliar").is_hidden() and page.locator("#unfamiliar-similar").is_hidden()
                 # a rejected file shows a clear message
                 bad = tmp_path / "notes.jpg"
                 bad.write_text("just text")
