@@ -82,41 +82,41 @@ def layers_of(model: nn.Module) -> tuple[str, ...]:
 
 
 class LayerTaps:
-    """Forward hooks that keep the channel means of the tapped layers of the last forward pass(es) inside
-    ``recording()``; outside it they cost one flag test. Not thread-safe on its own: the Predictor's lock
-    serialises forward passes."""
+    """The channel means of the tapped layers, from forward hooks that exist only inside ``recording()`` (so a
+    network outside it runs exactly as before, and a Predictor made again and again over one network leaves
+    nothing behind). Not thread-safe on its own: the Predictor holds its lock around a recording."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
-        self._parts: dict[str, list[list[Tensor]]] = {}
-        self._on = False
         modules = _tap_modules(model)
         self.layers = tuple(name for name in layers if name != "fc7")
         for name in self.layers:
             if name not in modules:
                 raise ValueError(f"{type(model).__name__} has no layer {name!r} to tap")
-            for i, m in enumerate(modules[name]):
-                m.register_forward_hook(self._hook(name, i, len(modules[name])))
-
-    def _hook(self, name: str, part: int, parts: int) -> Callable[..., None]:
-        def keep(module: nn.Module, inputs: object, output: Tensor) -> None:
-            if self._on:
-                out = output.dequantize() if output.is_quantized else output
-                self._parts.setdefault(name, [[] for _ in range(parts)])[part].append(out.float().mean(dim=(2, 3)).cpu())
-
-        return keep
+        self._modules = {name: modules[name] for name in self.layers}
 
     @contextmanager
     def recording(self) -> Iterator[dict[str, Tensor]]:
-        """Inside: record. After the block, the dict holds each layer's (N, channels) means for every pass made in it."""
+        """Inside: record. After the block, the dict holds each layer's (N, channels) means for every pass made in it
+        (the parts of a layer, one per tower, side by side)."""
+        parts: dict[str, list[list[Tensor]]] = {name: [[] for _ in mods] for name, mods in self._modules.items()}
+
+        def keep(into: list[Tensor]) -> Callable[..., None]:
+            def hook(module: nn.Module, inputs: object, output: Tensor) -> None:
+                out = output.dequantize() if output.is_quantized else output
+                into.append(out.float().mean(dim=(2, 3)).cpu())
+
+            return hook
+
+        handles = [m.register_forward_hook(keep(parts[name][i])) for name, mods in self._modules.items() for i, m in enumerate(mods)]
         out: dict[str, Tensor] = {}
-        self._parts, self._on = {}, True
         try:
             yield out
         finally:
-            self._on = False
-            for name, parts in self._parts.items():
-                out[name] = torch.cat([torch.cat(p) for p in parts], dim=1)
-            self._parts = {}
+            for h in handles:
+                h.remove()
+        for name, per_part in parts.items():
+            if per_part and per_part[0]:
+                out[name] = torch.cat([torch.cat(p) for p in per_part], dim=1)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class Predictor:
         self._ten_crop = ten_crop_transform(self.meta.preset)
         self._geometry = eval_geometry(self.meta.preset)
         self._ten_crop_geometry = ten_crop_geometry(self.meta.preset)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -158,7 +158,7 @@ class Predictor:
     def features(self, batch: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits and the features familiarity uses (``model.familiarity.LAYERS``: conv1 and conv3 channel means
         where the network has them, and fc7) of a batch, as ``forward`` takes it."""
-        with self._taps.recording() as tapped:
+        with self._lock, self._taps.recording() as tapped:  # (the lock is re-entrant: forward takes it again)
             logits, fc7 = self.forward(batch)
         return logits, {**tapped, "fc7": fc7}
 

@@ -146,3 +146,32 @@ def test_the_predictor_scores_in_serving_precision_and_applies_the_temperature(f
     # no score: NaN rows
     plain = Predictor.from_model(*load_weights(familiar_weights))
     assert torch.isnan(plain.forward_scored(plain.pixels(images[:2]))[2]).all()
+
+
+def test_imported_torchvision_weights_get_the_score_from_an_image_folder(tmp_path: Path) -> None:
+    from model.preprocess import Preset
+    from model.torchvision_alexnet import TorchvisionAlexNet
+    from model.weights import WeightsMeta
+    from training.cli import main
+
+    torch.manual_seed(0)
+    names = ("blue", "green", "red", "white")  # the generated shapes' classes, in the folder's (sorted) order
+    path = tmp_path / "imported.safetensors"
+    meta = WeightsMeta("alexnet-torchvision", names, Preset.for_crop(64, mean=(0.5,) * 3, std=(0.25,) * 3), {"source": "test"})
+    saved = save_weights(TorchvisionAlexNet(num_classes=4), meta, path)
+    shapes = open_source("generated:48", split="train", size=36)
+    for i in range(len(shapes)):
+        folder = tmp_path / "photos" / shapes.class_names[shapes.label(i)]
+        folder.mkdir(parents=True, exist_ok=True)
+        shapes.pil_image(i).save(folder / f"{i}.png")
+    assert load_familiarity(path) is None  # imported: no reference set, so no score
+    assert main(["familiarity", str(path), "--data", str(tmp_path / "photos"), "--holdout", "16"]) == 0
+    fam = load_familiarity(path)
+    assert fam is not None and fam.layers == ("conv1", "conv3", "fc7")  # torchvision's features[2] and features[7]
+    assert {n: r.shape[1] for n, r in fam.references.items()} == {"conv1": 64, "conv3": 384, "fc7": 4096}
+    assert fam.info["held_out_images"] == 16 and fam.info["held_out_trained_on"] is False
+    assert read_meta(path).content_hash == saved.content_hash
+    predictor = Predictor(path)
+    noise = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)) for i in range(2)]
+    scores = predictor.forward_scored(predictor.pixels([shapes.pil_image(0), *noise]))[2]
+    assert scores[0] > scores[1] and scores[0] > scores[2]
