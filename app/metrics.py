@@ -55,6 +55,12 @@ class Metrics:
         )
         self.staged_images = Gauge("alexnet_staged_weights_images", "images to re-embed in all", ["weights"], registry=self.registry)
         self.switches = Counter("alexnet_weights_switches", "times this process switched to other weights", registry=self.registry)
+        self.familiarity = Counter(
+            "alexnet_familiarity_answers",
+            "pictures answered, by whether they were familiar to the model (unavailable: the weights carry no score)",
+            ["familiar"],
+            registry=self.registry,
+        )
 
     def observe_weights(self, progress: dict[str, dict[str, object]]) -> None:
         """The staged weights' re-embedding progress (app.switching); weights no longer staged are dropped."""

@@ -86,6 +86,7 @@ class ServedModel:
     settings: Settings
     budget: DecodeBudget
     others: dict[str, Predictor] = field(default_factory=dict)  # the gallery's other weights, embedded into on add
+    metrics: Metrics | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -163,9 +164,15 @@ class ServedModel:
         """Per upload, the ``familiarity`` and ``familiar`` fields of its answer (None and None without a score)."""
         scorer = self.predictor.familiarity
         if scorer is None:
-            return [{"familiarity": None, "familiar": None} for _ in done.uploads]
-        values = done.familiarity.numpy()
-        return [{"familiarity": round(float(v), 4), "familiar": bool(f)} for v, f in zip(values, scorer.familiar(values), strict=True)]
+            answers: list[dict[str, Any]] = [{"familiarity": None, "familiar": None} for _ in done.uploads]
+        else:
+            values = done.familiarity.numpy()
+            flags = scorer.familiar(values)
+            answers = [{"familiarity": round(float(v), 4), "familiar": bool(f)} for v, f in zip(values, flags, strict=True)]
+        if self.metrics is not None:
+            for a in answers:
+                self.metrics.familiarity.labels("unavailable" if a["familiar"] is None else str(a["familiar"]).lower()).inc()
+        return answers
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[list[Prediction]]:
         return [
@@ -203,7 +210,7 @@ ServingDep = Annotated[Serving, Depends(get_serving)]
 async def get_model(state: Ctx, serving: ServingDep) -> ServedModel:
     if serving.predictor is None or state.batcher is None:
         raise NotReady(f"model not loaded: {'; '.join(state.all_problems()) or 'starting'}", retry=not state.problems)
-    return ServedModel(serving.predictor, state.batcher, state.settings, state.decode_budget, serving.others)
+    return ServedModel(serving.predictor, state.batcher, state.settings, state.decode_budget, serving.others, state.metrics)
 
 
 async def get_index(state: Ctx, serving: ServingDep) -> ImageIndex:

@@ -60,6 +60,9 @@ def test_answers_carry_the_familiarity_the_model_computes(tmp_path: Path, famili
         assert [(q["familiarity"], q["familiar"]) for q in similar] == [(r["familiarity"], r["familiar"]) for r in rows]
         ten = client.post("/classify?ten_crop=true", files=files).json()["results"]
         assert [r["familiar"] for r in ten] == [True, False]
+        metrics = client.get("/metrics").text  # 2 pictures in each of 3 answers: 3 familiar, 3 not
+        assert 'alexnet_familiarity_answers_total{familiar="true"} 3.0' in metrics
+        assert 'alexnet_familiarity_answers_total{familiar="false"} 3.0' in metrics
         schema = client.get("/openapi.json").json()["components"]["schemas"]
         assert "held-out training images" in schema["ClassifyResult"]["properties"]["familiarity"]["description"]
 
@@ -73,3 +76,4 @@ def test_weights_without_a_score_say_it_is_unavailable(client: TestClient) -> No
     assert np.isclose(sum(probs), 1, atol=1e-4)
     q = client.post("/similar", files=upload()).json()["queries"][0]
     assert q["familiarity"] is None and q["familiar"] is None
+    assert 'alexnet_familiarity_answers_total{familiar="unavailable"} 2.0' in client.get("/metrics").text
