@@ -86,11 +86,10 @@ def make_weights(
         return save_weights(model, meta, path)
     from dataclasses import replace
 
-    from training.data import open_source
-    from training.export import familiarise
+    from model.datasets import generated_shapes
+    from model.familiarity import familiarise
 
-    shapes = open_source(f"generated:{familiar_with}", split="train", size=meta.preset.resize_size)
-    familiarity, temperature = familiarise(model.eval(), meta, shapes, None)
+    familiarity, temperature = familiarise(model.eval(), meta, generated_shapes(n=familiar_with, seed=0), None)
     return save_weights(model, replace(meta, temperature=temperature), path, familiarity)
 
 

@@ -28,14 +28,22 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from model.predictor import Predictor
+    from model.weights import WeightsMeta
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FALSE_ALARM",
@@ -45,6 +53,7 @@ __all__ = [
     "Familiarity",
     "LayerTaps",
     "expected_calibration_error",
+    "familiarise",
     "fit_temperature",
     "layers_of",
 ]
@@ -256,6 +265,63 @@ def _digest(tensors: dict[str, Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+# -- fitting both on a network -------------------------------------------------------------
+
+
+class Labelled(Protocol):
+    """A labelled image collection (``model.datasets.ImageSet``, ``training.data.Source``)."""
+
+    def __len__(self) -> int: ...
+    def pil_image(self, i: int) -> Image.Image: ...
+    def label(self, i: int) -> int: ...
+
+
+def _features(predictor: Predictor, source: Labelled, idx: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and familiarity features (``Predictor.features``) of ``source``'s images ``idx``, decoded and resized as
+    serving does."""
+    logits, parts = [], []
+    for a in range(0, len(idx), 256):
+        lo, feats = predictor.features(predictor.pixels([source.pil_image(i) for i in idx[a : a + 256]]))
+        logits.append(lo)
+        parts.append(feats)
+    return torch.cat(logits), {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+def familiarise(
+    model: nn.Module, meta: WeightsMeta, train: Labelled, held_out: Labelled | None, *, references: int = REFERENCE_IMAGES
+) -> tuple[Familiarity, dict[str, Any]]:
+    """The familiarity score and the softmax temperature (``model.familiarity``) of a network: the reference sample is
+    ``references`` images of ``train`` (a fixed random choice); the temperature and the score's scale and threshold are
+    fitted on ``held_out``, training images kept out of training. Without them (a recipe that held none out) a
+    second, disjoint sample of ``train`` stands in, and the metadata says so: images the network was trained on are
+    more familiar to it than new ones, so more new images than the stated rate will be flagged."""
+    from model.predictor import Predictor
+
+    predictor = Predictor.from_model(model, meta)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+    ref_idx = order[: min(references, len(train) // 2 if held_out is None else len(train))]
+    if held_out is None:
+        held_src, held_idx = train, order[len(ref_idx) : 2 * len(ref_idx)]
+        log.warning("the recipe held no training images out: fitting on %d other training images instead", len(held_idx))
+    else:
+        held_src, held_idx = held_out, list(range(len(held_out)))
+    _, ref = _features(predictor, train, ref_idx)
+    logits, held = _features(predictor, held_src, held_idx)
+    labels = torch.tensor([held_src.label(i) for i in held_idx])
+    t = fit_temperature(logits, labels)
+    nll = [float(torch.nn.functional.cross_entropy(logits / v, labels)) for v in (1.0, t)]
+    ece = [expected_calibration_error((logits / v).softmax(1), labels) for v in (1.0, t)]
+    trained_on = held_out is None
+    facts = {"held_out_trained_on": trained_on, "data": str(meta.recipe.get("data", "")) or None}
+    temperature = {"value": t, "images": len(held_idx), "nll_before": nll[0], "nll_after": nll[1], "ece_before": ece[0],
+                   "ece_after": ece[1], **facts}  # fmt: skip
+    log.info(
+        "softmax temperature %.3f: held-out calibration error %.2f%% -> %.2f%% (%d images)", t, 100 * ece[0], 100 * ece[1], len(labels)
+    )
+    familiarity = Familiarity.fit({n: ref[n] for n in layers_of(model)}, {n: held[n] for n in layers_of(model)}, info=facts)
+    return familiarity, temperature
 
 
 # -- temperature ---------------------------------------------------------------------------

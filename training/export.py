@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from model.alexnet import AlexNet, AlexNetConfig
-from model.familiarity import REFERENCE_IMAGES, Familiarity, expected_calibration_error, fit_temperature, layers_of
+from model.familiarity import REFERENCE_IMAGES, familiarise
 from model.predictor import Predictor
 from model.preprocess import Preset
 from model.quantize import calibrate
-from model.weights import Network, WeightsError, WeightsMeta, load_familiarity, load_weights, save_weights
+from model.weights import WeightsError, WeightsMeta, load_familiarity, load_weights, save_weights
 from training.checkpoint import load_checkpoint
 from training.data import Source
 from training.evaluate import evaluate_predictor
@@ -23,7 +23,7 @@ from training.recipes import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CALIBRATION_IMAGES", "calibrate_on", "calibrate_weights", "export_checkpoint", "familiarise", "familiarise_weights"]
+__all__ = ["CALIBRATION_IMAGES", "calibrate_on", "calibrate_weights", "export_checkpoint", "familiarise_weights"]
 
 CALIBRATION_IMAGES = 512  # 256, 512 and 1024 agree with fp32 alike (bench/RESULTS.md)
 
@@ -45,50 +45,6 @@ def calibrate_weights(path: Path, source: Source, images: int = CALIBRATION_IMAG
     if list(source.class_names) != list(meta.class_names):
         raise WeightsError(f"{path}: the data set's classes {source.class_names[:4]}... differ from the model's {meta.class_names[:4]}...")
     return save_weights(model, replace(meta, calibration=calibrate_on(model, meta, source, images)), path, load_familiarity(path, meta))
-
-
-def _features(predictor: Predictor, source: Source, idx: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits and familiarity features (``Predictor.features``) of ``source``'s images ``idx``, decoded and resized as
-    serving does."""
-    logits, parts = [], []
-    for a in range(0, len(idx), 256):
-        lo, feats = predictor.features(predictor.pixels([source.pil_image(i) for i in idx[a : a + 256]]))
-        logits.append(lo)
-        parts.append(feats)
-    return torch.cat(logits), {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
-
-
-def familiarise(
-    model: Network, meta: WeightsMeta, train: Source, held_out: Source | None, *, references: int = REFERENCE_IMAGES
-) -> tuple[Familiarity, dict[str, Any]]:
-    """The familiarity score and the softmax temperature (``model.familiarity``) of a network: the reference sample is
-    ``references`` images of ``train`` (a fixed random choice); the temperature and the score's scale and threshold are
-    fitted on ``held_out``, training images kept out of training. Without them (a recipe that held none out) a
-    second, disjoint sample of ``train`` stands in, and the metadata says so: images the network was trained on are
-    more familiar to it than new ones, so more new images than the stated rate will be flagged."""
-    predictor = Predictor.from_model(model, meta)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
-    ref_idx = order[: min(references, len(train) // 2 if held_out is None else len(train))]
-    if held_out is None:
-        held_src, held_idx = train, order[len(ref_idx) : 2 * len(ref_idx)]
-        log.warning("the recipe held no training images out: fitting on %d other training images instead", len(held_idx))
-    else:
-        held_src, held_idx = held_out, list(range(len(held_out)))
-    _, ref = _features(predictor, train, ref_idx)
-    logits, held = _features(predictor, held_src, held_idx)
-    labels = torch.tensor([held_src.label(i) for i in held_idx])
-    t = fit_temperature(logits, labels)
-    nll = [float(torch.nn.functional.cross_entropy(logits / v, labels)) for v in (1.0, t)]
-    ece = [expected_calibration_error((logits / v).softmax(1), labels) for v in (1.0, t)]
-    trained_on = held_out is None
-    facts = {"held_out_trained_on": trained_on, "data": str(meta.recipe.get("data", "")) or None}
-    temperature = {"value": t, "images": len(held_idx), "nll_before": nll[0], "nll_after": nll[1], "ece_before": ece[0],
-                   "ece_after": ece[1], **facts}  # fmt: skip
-    log.info(
-        "softmax temperature %.3f: held-out calibration error %.2f%% -> %.2f%% (%d images)", t, 100 * ece[0], 100 * ece[1], len(labels)
-    )
-    familiarity = Familiarity.fit({n: ref[n] for n in layers_of(model)}, {n: held[n] for n in layers_of(model)}, info=facts)
-    return familiarity, temperature
 
 
 def familiarise_weights(path: Path, train: Source, held_out: Source | None, references: int = REFERENCE_IMAGES) -> WeightsMeta:
