@@ -4,7 +4,8 @@ python -m bench            (or: make bench)
 python -m bench --quick    every figure with shorter measuring windows, except search at 10^6 vectors (about 2.5
                            minutes more: `python -m bench search`); under 10 minutes on 2 cores
 python -m bench filter     one benchmark by name (filter: listings and searches by label and source at 10^5 images;
-                           lifecycle: re-embedding, /similar meanwhile, the switch, the stored copy's fidelity)
+                           lifecycle: re-embedding, /similar meanwhile, the switch, the stored copy's fidelity;
+                           familiarity: how well the score tells the unfamiliar, and what it costs a request)
 python -m bench gallery    the shared-gallery benchmark (several processes on one store), run only when named
 """
 
@@ -24,6 +25,7 @@ BENCHES = [
     "bench.search_bench",
     "bench.filter_bench",
     "bench.lifecycle_bench",
+    "bench.familiarity_bench",
 ]
 # --quick: each bench's shorter measuring windows (the figures are the same, noisier), and search at 10^5 vectors only
 QUICK = {
@@ -32,6 +34,7 @@ QUICK = {
     "bench.search_bench": ["--sizes", "100000", "--queries", "200"],
     "bench.filter_bench": ["--store", "sqlite"],
     "bench.lifecycle_bench": ["--images", "1024", "--seconds", "3"],
+    "bench.familiarity_bench": ["--seconds", "6"],
 }
 ON_REQUEST = ["bench.gallery_bench"]  # run only when named: `python -m bench gallery` (~8 minutes)
 
