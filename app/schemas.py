@@ -35,9 +35,9 @@ class Prediction(BaseModel):
 FAMILIARITY = (
     "how familiar the picture is to the model: the share of held-out training images less familiar than it, by deep "
     "nearest neighbours over conv1, conv3 and fc7 (0.5: a typical training image; near 0: unlike anything the model "
-    "was trained on); null where the weights carry no familiarity score"
+    "was trained on); null where the weights carry no familiarity score, and for a stored image's query (GET /similar/{id})"
 )
-FAMILIAR = "false: the picture is unlike the model's training images and its labels mean little; null where there is no score"
+FAMILIAR = "false: the picture is unlike the model's training images and its labels mean little; null where familiarity is null"
 
 
 class Familiarity(BaseModel):

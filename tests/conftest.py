@@ -24,6 +24,14 @@ def small_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def familiar_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small weights with a familiarity score and a temperature fitted on 96 generated shapes (``make_weights``)."""
+    path = tmp_path_factory.mktemp("familiar") / "w.safetensors"
+    make_weights(path, familiar_with=96)
+    return path
+
+
+@pytest.fixture(scope="session")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two small networks with the same classes and other seeds: a gallery's weights and the ones that replace them."""
     d = tmp_path_factory.mktemp("two-models")

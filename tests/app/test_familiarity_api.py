@@ -12,17 +12,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from app.testing import image_bytes, make_weights
+from app.testing import image_bytes
 from model.predictor import Predictor
 from tests.app.conftest import AUTH, make_settings, upload
 from training.data import open_source
-
-
-@pytest.fixture(scope="module")
-def familiar_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("familiar-api") / "w.safetensors"
-    make_weights(path, familiar_with=96)
-    return path
 
 
 def _shape_png(weights: Path, i: int) -> bytes:

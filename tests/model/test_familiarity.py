@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from app.testing import make_weights
 from model.familiarity import Familiarity, expected_calibration_error, fit_temperature
 from model.predictor import Predictor
 from model.weights import WeightsError, load_familiarity, load_weights, read_meta, save_weights
@@ -91,13 +90,6 @@ def test_held_out_images_are_a_fixed_disjoint_share_of_the_training_split() -> N
     assert holdout_split(100, 12, "holdout") == held
     source = open_source("generated:64", split="holdout", size=36, holdout=12)
     assert len(source) == 12 and len(open_source("generated:64", split="train", size=36, holdout=12)) == 52
-
-
-@pytest.fixture(scope="module")
-def familiar_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("familiar") / "w.safetensors"
-    make_weights(path, familiar_with=96)
-    return path
 
 
 def test_the_reference_sample_travels_in_the_weights_file_outside_the_hash(familiar_weights: Path, tmp_path: Path) -> None:
