@@ -300,6 +300,8 @@ def familiarise(
     from model.predictor import Predictor
 
     predictor = Predictor.from_model(model, meta)
+    if held_out is not None and len(held_out) < 2:  # (a data set too small to hold any out)
+        held_out = None
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
     ref_idx = order[: min(references, len(train) // 2 if held_out is None else len(train))]
     if held_out is None:

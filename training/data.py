@@ -212,9 +212,13 @@ class FolderSource(Source):
 
 def holdout_split(n: int, holdout: int, split: str) -> list[int]:
     """The indices of the training images that ``split`` ("train" or "holdout") keeps when ``holdout`` of ``n`` are held
-    out: a fixed random choice (seed 0), in the data set's order."""
-    if not 0 <= holdout < n:
-        raise DataError(f"cannot hold out {holdout} of {n} training images")
+    out: a fixed random choice (seed 0), in the data set's order. A small data set keeps at least three quarters of its
+    images for training: ``holdout`` is capped at a quarter of them (training and export cap it alike)."""
+    if holdout < 0:
+        raise DataError(f"cannot hold out {holdout} training images")
+    if holdout > n // 4:
+        log.warning("holding out %d of %d training images, not %d: at most a quarter of them are held out", n // 4, n, holdout)
+        holdout = n // 4
     held = set(np.random.default_rng(0).permutation(n)[n - holdout :].tolist()) if holdout else set()
     return [i for i in range(n) if (i in held) == (split == "holdout")]
 

@@ -88,6 +88,7 @@ def test_held_out_images_are_a_fixed_disjoint_share_of_the_training_split() -> N
     train, held = holdout_split(100, 12, "train"), holdout_split(100, 12, "holdout")
     assert len(held) == 12 and sorted(train + held) == list(range(100))
     assert holdout_split(100, 12, "holdout") == held
+    assert len(holdout_split(100, 60, "holdout")) == 25  # a small data set keeps three quarters for training
     source = open_source("generated:64", split="holdout", size=36, holdout=12)
     assert len(source) == 12 and len(open_source("generated:64", split="train", size=36, holdout=12)) == 52
 
