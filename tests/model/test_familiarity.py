@@ -158,11 +158,11 @@ def test_imported_torchvision_weights_get_the_score_from_an_image_folder(tmp_pat
         folder.mkdir(parents=True, exist_ok=True)
         shapes.pil_image(i).save(folder / f"{i}.png")
     assert load_familiarity(path) is None  # imported: no reference set, so no score
-    assert main(["familiarity", str(path), "--data", str(tmp_path / "photos"), "--holdout", "16"]) == 0
+    assert main(["familiarity", str(path), "--data", str(tmp_path / "photos"), "--holdout", "12"]) == 0
     fam = load_familiarity(path)
     assert fam is not None and fam.layers == ("conv1", "conv3", "fc7")  # torchvision's features[2] and features[7]
     assert {n: r.shape[1] for n, r in fam.references.items()} == {"conv1": 64, "conv3": 384, "fc7": 4096}
-    assert fam.info["held_out_images"] == 16 and fam.info["held_out_trained_on"] is False
+    assert fam.info["held_out_images"] == 12 and fam.info["held_out_trained_on"] is False
     assert read_meta(path).content_hash == saved.content_hash
     predictor = Predictor(path)
     noise = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)) for i in range(2)]
