@@ -25,7 +25,6 @@ every gallery built with it, as they were. A file without them serves no score, 
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -59,7 +58,7 @@ __all__ = [
 ]
 
 LAYERS = ("conv1", "conv3", "fc7")  # fc7 comes with every forward pass; the others are tapped (LayerTaps)
-REFERENCE_IMAGES = 2000  # training images whose features are kept in the weights file (float16: about 18 MB)
+REFERENCE_IMAGES = 2000  # training images whose features are kept in the weights file (as float16); bench/RESULTS.md: why 2,000
 K = 5
 FALSE_ALARM = 0.05  # the most new in-distribution pictures that may be called unfamiliar
 CONFIDENCE_Z = 1.645  # one-sided 95%: the threshold level is the false-alarm rate less this many standard errors
@@ -149,10 +148,8 @@ class Familiarity:
     def raw(self, features: dict[str, Tensor]) -> Tensor:
         """(N,) summed, standardised k-th neighbour similarities (larger: more familiar)."""
         total: Tensor | None = None
-        for name, ref in self.references.items():
-            sims = _unit(features[name]) @ ref.T
-            kth = sims.topk(min(self.k, ref.shape[0]), dim=1).values[:, -1]
-            z = (kth - self.centre[name]) / self.spread[name]
+        for name in self.references:
+            z = (self._kth(name, features[name]) - self.centre[name]) / self.spread[name]
             total = z if total is None else total + z
         assert total is not None
         return total
@@ -214,6 +211,8 @@ class Familiarity:
         return {TENSOR_PREFIX + name: ref.half().contiguous() for name, ref in self.references.items()}
 
     def metadata(self) -> str:
+        from model.weights import tensors_digest
+
         return json.dumps(
             {
                 "method": "deep nearest neighbours (Sun et al. 2022) over conv1 and conv3 channel means and fc7",
@@ -224,7 +223,7 @@ class Familiarity:
                 "centre": self.centre,
                 "spread": self.spread,
                 "quantiles": [float(q) for q in self.quantiles],
-                "reference_sha256": _digest(self.tensors()),
+                "reference_sha256": tensors_digest(self.tensors()),
                 **self.info,
             }
         )
@@ -233,13 +232,13 @@ class Familiarity:
     def from_file(cls, text: str, tensors: dict[str, Tensor], source: str) -> Familiarity:
         """From the weights file's ``familiarity`` metadata and its ``familiarity.*`` tensors; a mismatch is an error
         that names the file."""
-        from model.weights import WeightsError
+        from model.weights import WeightsError, tensors_digest
 
         try:
             md = json.loads(text)
             layers = list(md["layers"])
             stored = {TENSOR_PREFIX + name: tensors[TENSOR_PREFIX + name] for name in layers}
-            if _digest(stored) != md["reference_sha256"]:
+            if tensors_digest(stored) != md["reference_sha256"]:
                 raise WeightsError(f"{source}: the familiarity reference tensors do not match their recorded digest")
             keep = {"method", "layers", "k", "false_alarm", "threshold_level", "centre", "spread", "quantiles", "reference_sha256"}
             return cls(
@@ -256,15 +255,6 @@ class Familiarity:
             if isinstance(e, WeightsError):
                 raise
             raise WeightsError(f"{source}: unreadable familiarity metadata ({type(e).__name__}: {e})") from e
-
-
-def _digest(tensors: dict[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 # -- fitting both on a network -------------------------------------------------------------

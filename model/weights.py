@@ -43,6 +43,7 @@ __all__ = [
     "load_weights",
     "read_meta",
     "save_weights",
+    "tensors_digest",
 ]
 
 FORMAT = "alexnet-service-weights/1"
@@ -113,10 +114,14 @@ class WeightsMeta:
 
 
 def content_hash(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 over sorted tensor names, dtypes, shapes and raw bytes of the network's tensors (not the
-    ``familiarity.*`` reference sample)."""
+    """The digest of the network's tensors (not the ``familiarity.*`` reference sample)."""
+    return tensors_digest({k: v for k, v in tensors.items() if not k.startswith(TENSOR_PREFIX)})
+
+
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over sorted tensor names, dtypes, shapes and raw bytes."""
     h = hashlib.sha256()
-    for name in sorted(k for k in tensors if not k.startswith(TENSOR_PREFIX)):
+    for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
