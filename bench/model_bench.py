@@ -300,10 +300,9 @@ def bench_extract(weights: Path, n: int = 2048, size: int = 224) -> dict[str, An
         ds = images_from_source(tmp, predictor)
         start = time.perf_counter()
         tensors = []
-        for items, _bad in _batches(ds, 64, 2):
-            batch = torch.stack([it.tensor for it in items])
-            predictor.forward(batch)
-            tensors.append(batch)
+        for batch in _batches(ds, 64, 2):
+            predictor.forward(batch.pixels)
+            tensors.append(batch.pixels)
         end_to_end = n / (time.perf_counter() - start)
     start = time.perf_counter()
     for batch in tensors:

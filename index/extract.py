@@ -32,7 +32,7 @@ from model.preprocess import pixels_transform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BuildReport", "add_images", "build_index", "images_from_source"]
+__all__ = ["Batch", "BuildReport", "add_images", "build_index", "images_from_source"]
 
 
 @dataclass
@@ -102,10 +102,21 @@ class _DataSetDataset(Dataset[Item | tuple[str, str]]):
         return self.decoder.from_image(image.convert("RGB"), sha, f"{self.name}:{i}", label, image.size)
 
 
-def _collate(items: list[Item | tuple[str, str]]) -> tuple[list[Item], list[tuple[str, str]]]:
+@dataclass
+class Batch:
+    """What a DataLoader worker hands over for one batch: the pixels in one tensor (one shared-memory segment
+    between the processes, not one per image), the adds without their vectors, and the files skipped."""
+
+    pixels: Tensor  # (n, 3, H, W) uint8; n may be 0
+    images: list[NewImage]
+    skipped: list[tuple[str, str]]  # (source, reason)
+
+
+def _collate(items: list[Item | tuple[str, str]]) -> Batch:
     good = [it for it in items if isinstance(it, Item)]
     bad = [it for it in items if not isinstance(it, Item)]
-    return good, bad
+    pixels = torch.stack([it.tensor for it in good]) if good else torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
+    return Batch(pixels, [it.image for it in good], bad)
 
 
 def images_from_source(
@@ -135,7 +146,7 @@ def images_from_source(
     return ds
 
 
-def _batches(ds: Dataset[Item | tuple[str, str]], batch_size: int, workers: int) -> Iterator[tuple[list[Item], list[tuple[str, str]]]]:
+def _batches(ds: Dataset[Item | tuple[str, str]], batch_size: int, workers: int) -> Iterator[Batch]:
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False,
                         worker_init_fn=_background if workers else None)  # fmt: skip
     yield from loader
@@ -147,15 +158,15 @@ def add_images(
     """Embed a batch of decoded items and add them (durably) to the index."""
     if not items:
         return []
-    return index.add(_embedded(predictor, items), near_duplicate_threshold=near_duplicate_threshold)
+    return index.add(_embedded(predictor, _collate(list(items))), near_duplicate_threshold=near_duplicate_threshold)
 
 
-def _embedded(predictor: Predictor, items: list[Item]) -> list[NewImage]:
-    """The items' adds with their fc7 vectors, one forward pass."""
-    if not items:
+def _embedded(predictor: Predictor, batch: Batch) -> list[NewImage]:
+    """The batch's adds with their fc7 vectors, one forward pass."""
+    if not batch.images:
         return []
-    _, fc7 = predictor.forward(torch.stack([it.tensor for it in items]))
-    return [replace(it.image, vector=v) for v, it in zip(fc7.numpy().astype(np.float32), items, strict=True)]
+    _, fc7 = predictor.forward(batch.pixels)
+    return [replace(image, vector=v) for v, image in zip(fc7.numpy().astype(np.float32), batch.images, strict=True)]
 
 
 def build_index(
@@ -212,14 +223,14 @@ def _build(
         ThreadPoolExecutor(1, thread_name_prefix="store") as writer,
     ):
         pending: Future[None] | None = None
-        for items, bad in _batches(ds, batch_size, workers):
-            for src, reason in bad:
+        for batch in _batches(ds, batch_size, workers):
+            for src, reason in batch.skipped:
                 log.warning("skipped %s: %s", src, reason)
-            report.skipped.extend(bad)
-            new = _embedded(predictor, items)
+            report.skipped.extend(batch.skipped)
+            new = _embedded(predictor, batch)
             if pending is not None:
                 pending.result()  # (an error in the store stops the build here)
-            pending = writer.submit(store, new, len(items) + len(bad))
+            pending = writer.submit(store, new, len(batch.images) + len(batch.skipped))
         if pending is not None:
             pending.result()
     index.save_snapshot()

@@ -78,6 +78,22 @@ def test_build_from_folder_skips_non_images_and_stores_reencoded_copies(tmp_path
     assert json.loads(cli("stats", "--index", str(idx_dir)).stdout)["images"] == 8
 
 
+def test_worker_processes_hand_each_batch_over_whole(tmp_path: Path, small_weights: Path) -> None:
+    """Two DataLoader worker processes, batches of 4 that mix images and skipped files: each batch crosses as one
+    tensor, and every image gets the vector embed() gives it, under its own source."""
+    make_folder(tmp_path / "photos")
+    predictor = Predictor(small_weights)
+    with ImageIndex(tmp_path / "idx", weights_hash=predictor.weights_hash) as idx:
+        report = build_index(idx, predictor, str(tmp_path / "photos"), batch_size=4, workers=2, progress=False)
+        assert (report.added, report.duplicates, len(report.skipped)) == (9, 1, 2)
+        records = idx.records(limit=20)
+        assert len(records) == 9
+        for rec in records:
+            vec = idx.vector(rec.id)
+            assert vec is not None and rec.source is not None
+            np.testing.assert_allclose(vec, predictor.embed([Image.open(rec.source)])[0], rtol=0, atol=1e-6, err_msg=rec.source)
+
+
 def test_add_command_and_near_duplicates(tmp_path: Path, small_weights: Path) -> None:
     make_folder(tmp_path / "p")
     idx = tmp_path / "idx"
