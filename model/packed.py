@@ -45,7 +45,8 @@ class PackedLinear(nn.Module):
             raise ValueError(f"PackedLinear takes an fp32 CPU nn.Linear, got {linear.weight.dtype} on {linear.weight.device}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         with torch.no_grad():
-            # packed for batch 1, which is also as fast as any other packing at batches 2-64 here
+            # packed for batch 1: the fastest there; a packing for batch 16 is a little faster at 16 and slower at 1
+            # (bench/RESULTS.md, "ONNX Runtime at its best")
             self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().clone(), 1)
             self.bias = None if linear.bias is None else linear.bias.detach().clone()
 
