@@ -163,11 +163,12 @@ def throughput(w: list[Path], folder: Path, index_dir: Path, n: int) -> list[dic
     from index.index import ImageIndex
     from index.lifecycle import reembed
     from model.predictor import Predictor
+    from model.weights import read_meta
 
     alone = model_alone(w[0], folder, n)
     built = extraction(w[0], folder, index_dir, n)
     staged = Predictor(w[1])
-    with ImageIndex(index_dir, weights_hash=Predictor(w[0]).weights_hash) as ix:
+    with ImageIndex(index_dir, weights_hash=read_meta(w[0]).content_hash) as ix:
         registry.register(ix.store, staged.weights_hash, 4096, w[1], {})
         report = reembed(ix.store, staged, progress=False)
     rate = report.computed / report.seconds

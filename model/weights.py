@@ -199,11 +199,11 @@ def load_weights(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Net
         tensors: dict[str, Tensor] = {}
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                tensors[key] = f.get_tensor(key)
+                if not key.startswith(TENSOR_PREFIX):  # (the familiarity sample is load_familiarity's to read)
+                    tensors[key] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: truncated or corrupt tensor data ({e})") from e
     actual = content_hash(tensors)
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(TENSOR_PREFIX)}
     if actual != meta.content_hash:
         raise WeightsError(
             f"{path}: content hash mismatch (file says {meta.content_hash[:12] or 'none'}, tensors hash to {actual[:12]}); "
